@@ -1,0 +1,136 @@
+"""Frozen configuration dataclasses and the named presets (one source for every default).
+
+Axis convention everywhere in cmpf: NCHW tensors, sizes as (H, W).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+# Official normalisations of the RGB 0-255 input (MODEL_SPEC.md fact 2).
+CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+KernelImpl = Literal["torch", "triton"]
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """SAM image encoder (segment-anything ``ImageEncoderViT``) plus its prompt encoder / mask decoder."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    out_chans: int = 256
+    img_size: int = 1024
+    patch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError("SAM embed_dim must be divisible by num_heads")
+        if any(i >= self.depth for i in self.global_attn_indexes):
+            raise ValueError("SAM global_attn_indexes must be < depth")
+
+
+SAM_VIT_B = SamConfig()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and inference constants of one CMPF / FC-CLIP model.
+
+    ``clip_model`` is an open_clip architecture name (``convnext_large_d_320``, ``RN50x64``) or one of
+    cmpf's small test towers (``tiny-convnext``, ``tiny-rn``). ``sam=None`` gives FC-CLIP.
+    """
+
+    name: str
+    clip_model: str
+    clip_quick_gelu: bool = False
+    sam: Optional[SamConfig] = SAM_VIT_B
+    hidden_dim: int = 256
+    num_queries: int = 250
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dec_layers: int = 9  # official DEC_LAYERS 10 minus 1
+    enc_layers: int = 6
+    enc_dim_feedforward: int = 1024
+    enc_points: int = 4
+    # inference
+    ensemble_alpha: float = 0.4
+    ensemble_beta: float = 0.8
+    ensemble_on_valid_mask: bool = False
+    object_mask_threshold: float = 0.0
+    overlap_threshold: float = 0.8
+    test_topk_per_image: int = 100
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    size_divisibility: int = 32
+    sam_input_size: int = 1024
+    # kernels: the torch reference paths or the Triton kernels (cmpf.kernels)
+    attention_impl: KernelImpl = "torch"
+    mask_pooling_impl: KernelImpl = "torch"
+    deform_attn_impl: KernelImpl = "torch"
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError("hidden_dim must be divisible by num_heads")
+        if self.hidden_dim % 32:
+            raise ValueError("hidden_dim must be a multiple of 32 (GroupNorm(32, C))")
+        if self.sam is not None and self.sam.out_chans != self.hidden_dim:
+            raise ValueError("the SAM neck width must equal hidden_dim (Feature/Query Injector)")
+        if self.size_divisibility % 32:
+            raise ValueError("size_divisibility must be a multiple of 32 (CLIP stride)")
+        for impl in (self.attention_impl, self.mask_pooling_impl, self.deform_attn_impl):
+            if impl not in ("torch", "triton"):
+                raise ValueError(f"kernel impl must be 'torch' or 'triton', got {impl!r}")
+
+    @property
+    def has_sam(self) -> bool:
+        return self.sam is not None
+
+    @property
+    def clip_arch(self) -> Literal["convnext", "resnet"]:
+        return "convnext" if "convnext" in self.clip_model.lower() else "resnet"
+
+
+_TINY_SAM = SamConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), out_chans=64)
+_TINY = dict(
+    hidden_dim=64,
+    num_queries=20,
+    dim_feedforward=128,
+    enc_layers=2,
+    enc_dim_feedforward=128,
+    test_topk_per_image=20,
+    sam=_TINY_SAM,
+)
+
+PRESETS: dict[str, ModelConfig] = {
+    "frozenseg-convnext-large": ModelConfig("frozenseg-convnext-large", "convnext_large_d_320"),
+    "frozenseg-rn50x64": ModelConfig(
+        "frozenseg-rn50x64", "RN50x64", clip_quick_gelu=True, ensemble_on_valid_mask=True
+    ),
+    "fcclip-convnext-large": ModelConfig("fcclip-convnext-large", "convnext_large_d_320", sam=None),
+    "fcclip-rn50x64": ModelConfig(
+        "fcclip-rn50x64", "RN50x64", clip_quick_gelu=True, sam=None, ensemble_on_valid_mask=True
+    ),
+    "tiny": ModelConfig("tiny", "tiny-convnext", **_TINY),
+    "tiny-rn": ModelConfig("tiny-rn", "tiny-rn", clip_quick_gelu=True, ensemble_on_valid_mask=True, **_TINY),
+    "tiny-fcclip": ModelConfig("tiny-fcclip", "tiny-convnext", **{**_TINY, "sam": None}),
+}
+
+
+def get_config(preset: str | ModelConfig, **overrides) -> ModelConfig:
+    """Resolve a preset name (or pass a config through) and apply ``dataclasses.replace`` overrides."""
+    if isinstance(preset, ModelConfig):
+        cfg = preset
+    elif preset in PRESETS:
+        cfg = PRESETS[preset]
+    else:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
