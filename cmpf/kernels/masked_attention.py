@@ -47,6 +47,7 @@ def masked_attention_ref(
 triton = tl = None  # set by _build_kernels()
 
 _TARGET_PROGRAMS = 264  # about two waves on a 132-SM H100/H200; a constant, so no device query
+_SUMMARY_TILES = 8  # key tiles per program of the mask-summary kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,16 +62,18 @@ def _build_kernels():
         # pointers
         blocked_ptr,  # (B, HM, LQ, LK) uint8, 1 = key hidden
         tile_ptr,  # (B, HM, NUM_QB, NUM_KB) int8: 0 all hidden, 1 all visible, 2 mixed
-        row_ptr,  # (B, HM, LQ) int8: 1 if the query sees at least one key
+        row_ptr,  # (B, HM, NUM_KC, LQ) int8: 1 if the query sees a key of that key chunk
         # sizes
         HM, LQ, LK, NUM_KB,
         # strides
         stride_mb, stride_mh, stride_mq, stride_mk,
         # meta
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        TILES_PER_PROGRAM: tl.constexpr,  # performance: key chunks in parallel, not one long loop
     ):
         pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+        pid_kc = tl.program_id(1)
+        pid_bh = tl.program_id(2)
         b = pid_bh // HM
         h = pid_bh % HM
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -78,7 +81,8 @@ def _build_kernels():
         base = blocked_ptr + b * stride_mb + h * stride_mh + offs_m[:, None] * stride_mq
         tile_base = tile_ptr + (pid_bh * tl.cdiv(LQ, BLOCK_M) + pid_m) * NUM_KB
         row_any = tl.zeros([BLOCK_M], dtype=tl.int32)
-        for kb in range(0, NUM_KB):
+        kb_end = tl.minimum((pid_kc + 1) * TILES_PER_PROGRAM, NUM_KB)
+        for kb in range(pid_kc * TILES_PER_PROGRAM, kb_end):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             valid = m_valid[:, None] & (offs_n < LK)[None, :]
             hidden = tl.load(base + offs_n[None, :] * stride_mk, mask=valid, other=1)
@@ -88,17 +92,18 @@ def _build_kernels():
             state = tl.where(n_visible == 0, 0, tl.where(n_visible == n_valid, 1, 2))
             tl.store(tile_base + kb, state.to(tl.int8))
             row_any = tl.maximum(row_any, tl.max(visible, axis=1))
-        tl.store(row_ptr + pid_bh * LQ + offs_m, row_any.to(tl.int8), mask=m_valid)
+        row_out = row_ptr + (pid_bh * tl.num_programs(1) + pid_kc) * LQ + offs_m
+        tl.store(row_out, row_any.to(tl.int8), mask=m_valid)
 
     @triton.jit
     def _masked_attention_kernel(
         # pointers
         q_ptr, k_ptr, v_ptr,  # (B, H, LQ, D), (B, H, LK, D), (B, H, LK, D)
         blocked_ptr,  # (B, H or 1, LQ, LK) uint8 (head stride 0 when shared)
-        tile_ptr, row_ptr,  # summaries from _masked_attention_summary_kernel
+        tile_ptr, row_ptr,  # summaries from _masked_attention_summary_kernel (NUM_KC row partials)
         o_ptr, lse_ptr,  # partial results: (SPLITS, B*H, LQ, D) fp32, (SPLITS, B*H, LQ) fp32
         # sizes
-        H, LQ, LK, D, NUM_KB, KB_PER_SPLIT, qk_scale,
+        H, LQ, LK, D, NUM_KB, NUM_KC, KB_PER_SPLIT, qk_scale,
         # strides
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
@@ -123,7 +128,11 @@ def _build_kernels():
             q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
             mask=m_valid[:, None] & d_valid[None, :], other=0.0,
         )
-        row_any = tl.load(row_ptr + b * stride_rb + h * stride_rh + offs_m, mask=m_valid, other=1) != 0
+        row_any = tl.zeros([BLOCK_M], dtype=tl.int8)
+        for kc in range(0, NUM_KC):
+            row_part = row_ptr + b * stride_rb + h * stride_rh + kc * LQ + offs_m
+            row_any = tl.maximum(row_any, tl.load(row_part, mask=m_valid, other=1))
+        row_any = row_any != 0
         # a query hiding every key sees all keys (Mask2Former), so no tile may be skipped for it
         has_empty_row = tl.min(row_any.to(tl.int32), axis=0) == 0
 
@@ -250,7 +259,7 @@ def masked_attention_triton(
     if blocked is None:  # every tile visible, every row has a key: the mask is never read
         mask_u8 = torch.zeros((1, 1, 1, 1), dtype=torch.uint8, device=device).expand(bsz, 1, lq, lk)
         tiles = torch.ones((bsz, 1, num_qb, num_kb), dtype=torch.int8, device=device)
-        rows = torch.ones((bsz, 1, lq), dtype=torch.int8, device=device)
+        rows = torch.ones((bsz, 1, 1, lq), dtype=torch.int8, device=device)
     else:
         assert blocked.dtype == torch.bool, "blocked must be a bool mask"
         assert blocked.dim() == 4 and blocked.shape[0] == bsz and blocked.shape[2:] == (lq, lk), (
@@ -260,14 +269,15 @@ def masked_attention_triton(
         check_device(q, blocked)
         mask_u8 = blocked.view(torch.uint8)
         mheads = blocked.shape[1]
+        num_kc = triton.cdiv(num_kb, _SUMMARY_TILES)
         tiles = torch.empty((bsz, mheads, num_qb, num_kb), dtype=torch.int8, device=device)
-        rows = torch.empty((bsz, mheads, lq), dtype=torch.int8, device=device)
+        rows = torch.empty((bsz, mheads, num_kc, lq), dtype=torch.int8, device=device)
         with launch_context(q):
-            wrap_triton(summary_kernel)[(num_qb, bsz * mheads)](
+            wrap_triton(summary_kernel)[(num_qb, num_kc, bsz * mheads)](
                 mask_u8, tiles, rows,
                 mheads, lq, lk, num_kb,
                 *mask_u8.stride(),
-                BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_M=block_m, BLOCK_N=block_n, TILES_PER_PROGRAM=_SUMMARY_TILES,
             )
     shared = mask_u8.shape[1] == 1  # one mask for every head (the model's case)
 
@@ -282,7 +292,7 @@ def masked_attention_triton(
     with launch_context(q):
         wrap_triton(attn_kernel)[(num_qb, bsz * heads, splits)](
             q, k, v, mask_u8, tiles, rows, o_part, lse_part,
-            heads, lq, lk, dim, num_kb, kb_per_split, qk_scale,
+            heads, lq, lk, dim, num_kb, rows.shape[2], kb_per_split, qk_scale,
             *q.stride(), *k.stride(), *v.stride(),
             mask_u8.stride(0), 0 if shared else mask_u8.stride(1), mask_u8.stride(2), mask_u8.stride(3),
             tiles.stride(0), 0 if shared else tiles.stride(1),

@@ -150,20 +150,20 @@ def _build_kernels():
             fy = py - y0f
             x0 = x0f.to(tl.int32)
             y0 = y0f.to(tl.int32)
-            for corner in tl.static_range(4):
-                dy: tl.constexpr = corner // 2
-                dx: tl.constexpr = corner % 2
-                xi = x0 + dx
+            for dy in tl.static_range(2):
                 yi = y0 + dy
-                # zeros padding: corners outside the level contribute nothing
-                inside = qp_valid & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-                wgt = attn * (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
-                row = start + yi * width + xi
-                val = tl.load(
-                    v_base + row[:, :, None] * stride_vs,
-                    mask=inside[:, :, None] & d_valid[None, None, :], other=0.0,
-                ).to(tl.float32)
-                acc += tl.sum(wgt[:, :, None] * val, axis=1)
+                wy = fy * dy + (1.0 - fy) * (1 - dy)  # dy is a compile-time 0/1
+                for dx in tl.static_range(2):
+                    xi = x0 + dx
+                    wgt = attn * wy * (fx * dx + (1.0 - fx) * (1 - dx))
+                    # zeros padding: corners outside the level contribute nothing
+                    inside = qp_valid & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                    row = start + yi * width + xi
+                    val = tl.load(
+                        v_base + row[:, :, None] * stride_vs,
+                        mask=inside[:, :, None] & d_valid[None, None, :], other=0.0,
+                    ).to(tl.float32)
+                    acc += tl.sum(wgt[:, :, None] * val, axis=1)
         out = out_ptr + n * stride_on + offs_q[:, None] * stride_oq + (m * DH + offs_d)[None, :] * stride_oc
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_q < LQ)[:, None] & d_valid[None, :])
 

@@ -1,0 +1,129 @@
+"""Vocabularies: class names with synonyms, thing/stuff flags, and the seen-class mask.
+
+Reads the official ``id:syn1,syn2,...`` files (``*_with_prompt_eng.txt``) and inline lists
+(``"cat;dog,puppy;sky"``: classes separated by ``;``, synonyms by ``,``). No torch model code here:
+the runtime uses it without the reference model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+# The 14 ViLD prompts (FZ:frozenseg/frozenseg.py VILD_PROMPT), in the official order.
+VILD_PROMPT = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+
+class VocabularyError(ValueError):
+    """A vocabulary that cannot be used (empty, duplicated names, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Classes as tuples of synonyms (first synonym = display name) and their thing flags."""
+
+    classes: tuple[tuple[str, ...], ...]
+    is_thing: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise VocabularyError("the vocabulary is empty")
+        if len(self.is_thing) != len(self.classes):
+            raise VocabularyError("is_thing must have one flag per class")
+        seen: dict[str, int] = {}
+        for i, syns in enumerate(self.classes):
+            if not syns or any(not s for s in syns):
+                raise VocabularyError(f"class {i} has an empty name")
+            if syns[0] in seen:
+                raise VocabularyError(f"duplicate class name {syns[0]!r} (classes {seen[syns[0]]} and {i})")
+            seen[syns[0]] = i
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [syns[0] for syns in self.classes]
+
+    @property
+    def num_synonyms(self) -> list[int]:
+        return [len(s) for s in self.classes]
+
+    def prompts(self) -> list[str]:
+        """All prompts, class-major then synonym then template (the official order)."""
+        return [t.format(s) for syns in self.classes for s in syns for t in VILD_PROMPT]
+
+    def seen_mask(self, train_vocab: "Vocabulary") -> list[bool]:
+        """A class is seen if any of its synonyms exactly matches any training synonym (§6.2)."""
+        train = {s for syns in train_vocab.classes for s in syns}
+        return [not train.isdisjoint(syns) for syns in self.classes]
+
+    def to_json(self) -> dict:
+        return {"classes": [list(c) for c in self.classes], "is_thing": list(self.is_thing)}
+
+    @staticmethod
+    def from_json(data: dict) -> "Vocabulary":
+        return Vocabulary(tuple(tuple(c) for c in data["classes"]), tuple(bool(t) for t in data["is_thing"]))
+
+
+def _split_synonyms(text: str) -> tuple[str, ...]:
+    # official rule: ", " normalised to "," before splitting
+    return tuple(s.strip() for s in text.replace(", ", ",").split(","))
+
+
+def _thing_flags(names: Sequence[str], things: Optional[Iterable[str]], default: bool) -> tuple[bool, ...]:
+    if things is None:
+        return tuple(default for _ in names)
+    things = set(things)
+    unknown = things - set(names)
+    if unknown:
+        raise VocabularyError(f"--things names classes not in the vocabulary: {sorted(unknown)}")
+    return tuple(n in things for n in names)
+
+
+def parse_class_list(text: str, things: Optional[Iterable[str]] = None) -> Vocabulary:
+    """Parse ``"cat;dog,puppy;sky"``. Without ``things`` every class is a thing."""
+    classes = tuple(_split_synonyms(c) for c in text.split(";") if c.strip())
+    if not classes:
+        raise VocabularyError("the class list is empty")
+    return Vocabulary(classes, _thing_flags([c[0] for c in classes], things, True))
+
+
+def load_vocabulary_file(path: str | Path, things: Optional[Iterable[str]] = None) -> Vocabulary:
+    """Read an official ``id:syn1,syn2`` file (``invalid_class_id`` lines skipped) or a plain list.
+
+    Plain lists have one class per line (synonyms separated by ``,``).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VocabularyError(f"cannot read vocabulary file {path}: {e}") from None
+    classes = []
+    for line in lines:
+        line = line.strip()
+        if not line or "invalid_class_id" in line:
+            continue
+        head, sep, tail = line.partition(":")
+        text = tail if sep and head.strip().isdigit() else line
+        classes.append(_split_synonyms(text))
+    if not classes:
+        raise VocabularyError(f"vocabulary file {path} has no classes")
+    names = [c[0] for c in classes]
+    return Vocabulary(tuple(classes), _thing_flags(names, things, True))
