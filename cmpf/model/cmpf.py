@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmpf.config import ModelConfig
-from cmpf.kernels.mask_pooling import mask_pooling_ref
+from cmpf.ensemble import geometric_ensemble, valid_mask_weights
 from cmpf.model.clip_backbone import ClipBackbone
 from cmpf.model.decoder import MaskedDecoder, Prediction
 from cmpf.model.pixel_decoder import PixelDecoder
@@ -42,26 +42,6 @@ class SemSegHead(nn.Module):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
-
-
-def geometric_ensemble(in_logits: torch.Tensor, out_logits: torch.Tensor, seen: torch.Tensor,
-                       alpha: float | torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
-    """In/out-vocabulary geometric ensemble with void re-attached (MODEL_SPEC.md §6.3).
-
-    Args:
-        in_logits, out_logits: (B, Q, K+1), void last.
-        seen: (K,) float, 1 for classes seen in training.
-        alpha, beta: scalars or (B, Q, 1) tensors (ensemble-on-valid-mask).
-    Returns:
-        (B, Q, K+1) log(probabilities + 1e-8).
-    """
-    p_in = in_logits[..., :-1].softmax(-1)
-    p_out = out_logits[..., :-1].softmax(-1)
-    seen_term = (p_in ** (1 - alpha) * p_out ** alpha).log() * seen
-    unseen_term = (p_in ** (1 - beta) * p_out ** beta).log() * (1 - seen)
-    p_void = in_logits.softmax(-1)[..., -1:]
-    probs = torch.cat([(seen_term + unseen_term).softmax(-1) * (1.0 - p_void), p_void], dim=-1)
-    return torch.log(probs + 1e-8)
 
 
 class CMPF(nn.Module):
@@ -108,9 +88,7 @@ class CMPF(nn.Module):
                  seen: torch.Tensor, res5_size: tuple[int, int]) -> torch.Tensor:
         alpha, beta = self.cfg.ensemble_alpha, self.cfg.ensemble_beta
         if self.cfg.ensemble_on_valid_mask:
-            masks = F.interpolate(pred_masks, size=res5_size, mode="bilinear", align_corners=False)
-            valid = ((masks > 0).flatten(2).sum(-1) > 0).to(in_logits.dtype).unsqueeze(-1)
-            alpha, beta = alpha * valid, beta * valid
+            alpha, beta = valid_mask_weights(pred_masks, res5_size, alpha, beta)
         return geometric_ensemble(in_logits, out_logits, seen.to(in_logits), alpha, beta)
 
     # -- end to end ---------------------------------------------------------------------------
@@ -156,5 +134,3 @@ class CMPF(nn.Module):
                           for i in range(0, tokens.shape[0], batch_size)])
         return from_synonym_embeddings(synonym_embeddings(embs), vocabulary.num_synonyms)
 
-
-__all__ = ["CMPF", "ModelOutputs", "geometric_ensemble", "mask_pooling_ref"]

@@ -1,0 +1,3 @@
+from cmpf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Writing results: semantic PNG + colour overlay, COCO panoptic PNG + JSON, COCO instance results.
+
+Every file is written atomically (a temp file in the same directory, then ``os.replace``), so an
+interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cmpf.postprocess import Segmentation
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``; the temp file is removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data) -> Path:
+    def _w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+    return atomic_write(path, _w)
+
+
+def _write_png(path: Path, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def palette(n: int) -> np.ndarray:
+    """Deterministic distinct colours (n, 3) uint8."""
+    rng = np.random.default_rng(12345)
+    return rng.integers(40, 256, size=(max(n, 1), 3), dtype=np.uint8)
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """COCO panoptic encoding: id = R + 256 G + 256² B."""
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def write_segmentation(seg: Segmentation, image: torch.Tensor, out_dir: str | Path, stem: str,
+                       image_id: int | str = 0) -> dict[str, Path]:
+    """Write all result files of one image; ``image`` is the uint8 (3, H, W) input for the overlay."""
+    out_dir = Path(out_dir)
+    labels = seg.semantic_labels.cpu().numpy()
+    dtype = np.uint8 if len(seg.class_names) <= 256 else np.uint16
+    colours = palette(len(seg.class_names))
+    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    overlay = (0.5 * rgb + 0.5 * colours[labels]).astype(np.uint8)
+    panoptic = seg.panoptic.cpu().numpy().astype(np.int64)
+    files = {
+        "semantic": _write_png(out_dir / f"{stem}_semantic.png", labels.astype(dtype)),
+        "overlay": _write_png(out_dir / f"{stem}_overlay.png", overlay),
+        "panoptic_png": _write_png(out_dir / f"{stem}_panoptic.png", id_to_rgb(panoptic)),
+    }
+    segments = [{"id": s["id"], "category_id": s["category_id"], "iscrowd": 0, "isthing": s["isthing"],
+                 "area": s["area"], "category_name": seg.class_names[s["category_id"]]} for s in seg.segments]
+    files["panoptic_json"] = write_json(out_dir / f"{stem}_panoptic.json", {
+        "image_id": image_id, "file_name": f"{stem}_panoptic.png", "segments_info": segments})
+    masks = seg.instance_masks.cpu().numpy()
+    instances = [{"image_id": image_id, "category_id": int(c), "score": float(s), "segmentation": encode_rle(m),
+                  "category_name": seg.class_names[int(c)]}
+                 for s, c, m in zip(seg.instance_scores.tolist(), seg.instance_classes.tolist(), masks)]
+    files["instances"] = write_json(out_dir / f"{stem}_instances.json", instances)
+    return files
+
+
+def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmentation) -> Path:
+    """The parity dump of the first image: float32 arrays named as in the issue / golden README."""
+    arrays = {k: v[:1].detach().float().cpu().numpy() for k, v in tensors.items()
+              if k in ("pred_logits", "pred_masks", "out_vocab_logits")}
+    arrays["mask_cls_logprob"] = tensors["mask_cls_logprob"][0].detach().float().cpu().numpy()
+    if "sam_embedding" in tensors:
+        arrays["sam_embedding"] = tensors["sam_embedding"][:1].detach().float().cpu().numpy()
+    arrays["sem_seg"] = seg.semantic.float().cpu().numpy()
+    arrays["panoptic_seg"] = seg.panoptic.cpu().numpy().astype(np.int32)
+    arrays["instance_scores"] = seg.instance_scores.float().cpu().numpy()
+    arrays["instance_classes"] = seg.instance_classes.cpu().numpy()
+    arrays["instance_masks"] = seg.instance_masks.cpu().numpy().astype(bool)
+
+    def _w(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return atomic_write(path, _w)

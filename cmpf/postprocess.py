@@ -1,0 +1,111 @@
+"""Post-processing shared by every backend: mask logits + ensembled class scores → segmentations.
+
+Consumes, per image, mask logits (Q, h, w) at stride 4 of the padded input and log-probabilities
+(Q, K+1) (void last); produces the semantic score map (K, H0, W0), the panoptic id map with its
+segments and the top-k instances, at the original image size, with the official thresholds
+(MODEL_SPEC.md §8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Segmentation:
+    """One image's results. ``class_names`` index the class ids used below."""
+
+    semantic: torch.Tensor  # (K, H0, W0) float32 class scores; labels = argmax(0)
+    panoptic: torch.Tensor  # (H0, W0) int32 segment ids, 0 = void
+    segments: list[dict]  # {"id", "category_id" (class index), "isthing", "area"}
+    instance_scores: torch.Tensor  # (N,) float32
+    instance_classes: torch.Tensor  # (N,) int64
+    instance_masks: torch.Tensor  # (N, H0, W0) bool
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def semantic_labels(self) -> torch.Tensor:
+        return self.semantic.argmax(0)
+
+
+def masks_to_image(mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
+                   output_size: tuple[int, int]) -> torch.Tensor:
+    """(Q, h, w) stride-4 logits → (Q, H0, W0): upsample to the padded input, crop, resize."""
+    x = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)[0]
+
+
+def semantic_inference(mask_cls: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(Q, K+1) log-probs, (Q, H, W) logits → (K, H, W) scores: Σ_q p(q, c) σ(m_q)."""
+    return torch.einsum("qc,qhw->chw", mask_cls.softmax(-1)[..., :-1], masks.sigmoid())
+
+
+def panoptic_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: torch.Tensor,
+                       object_mask_threshold: float, overlap_threshold: float):
+    """Official panoptic merge. Returns (H, W) int32 ids and the segments list."""
+    scores, labels = mask_cls.softmax(-1).max(-1)
+    num_classes = mask_cls.shape[-1] - 1
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep].sigmoid()
+    h, w = masks.shape[-2:]
+    panoptic = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
+    segments: list[dict] = []
+    if cur_masks.shape[0] == 0:
+        return panoptic, segments
+    mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    stuff_ids: dict[int, int] = {}
+    current = 0
+    for k in range(cur_classes.shape[0]):
+        pred_class = int(cur_classes[k])
+        isthing = bool(is_thing[pred_class])
+        mask_area = int((mask_ids == k).sum())
+        original_area = int((cur_masks[k] >= 0.5).sum())
+        mask = (mask_ids == k) & (cur_masks[k] >= 0.5)
+        if mask_area == 0 or original_area == 0 or int(mask.sum()) == 0:
+            continue
+        if mask_area / original_area < overlap_threshold:
+            continue
+        if not isthing:
+            if pred_class in stuff_ids:  # merge stuff regions of one class
+                panoptic[mask] = stuff_ids[pred_class]
+                continue
+            stuff_ids[pred_class] = current + 1
+        current += 1
+        panoptic[mask] = current
+        segments.append({"id": current, "isthing": isthing, "category_id": pred_class})
+    for seg in segments:
+        seg["area"] = int((panoptic == seg["id"]).sum())
+    return panoptic, segments
+
+
+def instance_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: torch.Tensor, topk: int,
+                       panoptic_on: bool = True):
+    """Top-k (query, class) pairs; with panoptic on, thing classes only. Score × mean mask prob."""
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
+    scores = mask_cls.softmax(-1)[:, :-1]
+    labels = torch.arange(num_classes, device=masks.device).repeat(num_queries)
+    top_scores, top_idx = scores.flatten().topk(min(topk, scores.numel()), sorted=False)
+    top_labels = labels[top_idx]
+    top_masks = masks[top_idx // num_classes]
+    if panoptic_on:
+        keep = is_thing.to(masks.device)[top_labels]
+        top_scores, top_labels, top_masks = top_scores[keep], top_labels[keep], top_masks[keep]
+    binary = (top_masks > 0).float()
+    mask_scores = (top_masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    return top_scores * mask_scores, top_labels, top_masks > 0
+
+
+def postprocess(mask_cls: torch.Tensor, mask_logits: torch.Tensor, *, padded_size, image_size, output_size,
+                is_thing: torch.Tensor, object_mask_threshold: float, overlap_threshold: float,
+                topk: int, class_names: list[str]) -> Segmentation:
+    """One image: (Q, K+1) log-probs and (Q, h, w) stride-4 mask logits → ``Segmentation``."""
+    masks = masks_to_image(mask_logits, padded_size, image_size, output_size)
+    mask_cls = mask_cls.to(masks)
+    semantic = semantic_inference(mask_cls, masks)
+    panoptic, segments = panoptic_inference(mask_cls, masks, is_thing, object_mask_threshold, overlap_threshold)
+    scores, classes, inst_masks = instance_inference(mask_cls, masks, is_thing, topk)
+    return Segmentation(semantic, panoptic, segments, scores, classes, inst_masks, class_names)
