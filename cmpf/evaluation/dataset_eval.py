@@ -301,10 +301,13 @@ def _list_samples(spec: DatasetSpec, tasks: tuple[Task, ...], paths: Mapping[str
         for ann in anns[:limit] if limit is not None else anns:
             if not isinstance(ann, Mapping) or not {"image_id", "file_name", "segments_info"} <= set(ann):
                 raise ValueError(f"{pan_json} is malformed: every annotation needs image_id, file_name, segments_info")
+            png = paths["panoptic_dir"] / ann["file_name"]
+            if not png.is_file():
+                raise FileNotFoundError(f"expected the panoptic PNG {png} listed in {pan_json}")
             entries.append({
                 "image_path": _panoptic_image(ann, by_id, image_dir, images, spec.image_suffix),
                 "image_id": ann["image_id"],
-                "panoptic_png": paths["panoptic_dir"] / ann["file_name"],
+                "panoptic_png": png,
                 "segments_info": tuple(dict(s) for s in ann["segments_info"]),
             })  # fmt: skip
     elif "semantic" in tasks:
@@ -471,10 +474,14 @@ def init_distributed(device: str) -> tuple[bool, str]:
     created = False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = device.startswith("cuda")
-    if use_cuda and device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if use_cuda:
-        torch.cuda.set_device(torch.device(device))
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available")
+        index = torch.device(device).index
+        if index is None:
+            index = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{index}"
+        torch.cuda.set_device(index)  # NCCL object collectives use the current device
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         created = True

@@ -51,7 +51,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "eval", help="PQ / mIoU / AP of a model on a benchmark dataset (torchrun for several processes)",
-        description=__doc__.splitlines()[0],
+        description="Segment a benchmark dataset and report its metrics (PQ / mIoU / AP).",
     )  # fmt: skip
     p.add_argument("--model", help="preset: frozenseg-convnext-large, frozenseg-rn50x64, fcclip-..., tiny")
     p.add_argument("--checkpoint", help="official detectron2 checkpoint (.pth); without it: random weights")

@@ -126,7 +126,8 @@ def test_semantic_only_and_instance_only_specs(dataset):
     res = evaluate(_cfg(dataset, sem), predict=lambda im, s: oracle_segmentation(_with_panoptic_gt(dataset, s))).results
     assert set(res) == {"semantic", "meta"} and res["semantic"]["mIoU"] == pytest.approx(100.0)
 
-    inst = DatasetSpec("syn-inst", "x", "coco/val2017", ("instance",), class_names=tuple(names[i] for i in THINGS_BY_ID),
+    inst = DatasetSpec("syn-inst", "x", "coco/val2017", ("instance",),
+                       class_names=tuple(names[i] for i in THINGS_BY_ID),
                        instances_json="coco/annotations/instances_val2017.json")
     sorted_rank = {cid: i for i, cid in enumerate(THINGS_BY_ID)}
 
@@ -136,8 +137,9 @@ def test_semantic_only_and_instance_only_specs(dataset):
     res = evaluate(_cfg(dataset, inst), predict=inst_oracle).results
     assert set(res) == {"instance", "meta"} and res["instance"]["AP"] == pytest.approx(100.0)
 
-    derived = DatasetSpec("syn-derived", "x", "coco/val2017", ("instance",), vocabulary="coco_panoptic_with_prompt_eng.txt",
-                          panoptic_dir="coco/panoptic_val2017", panoptic_json="coco/annotations/panoptic_val2017.json")
+    derived = DatasetSpec("syn-derived", "x", "coco/val2017", ("instance",),
+                          vocabulary="coco_panoptic_with_prompt_eng.txt", panoptic_dir="coco/panoptic_val2017",
+                          panoptic_json="coco/annotations/panoptic_val2017.json")
     res = evaluate(_cfg(dataset, derived), predict=oracle).results
     assert res["instance"]["AP"] == pytest.approx(100.0) and res["meta"]["notes"]
 
@@ -180,7 +182,7 @@ def test_cli_tiny_model_end_to_end(dataset, tmp_path, capsys):
     root, vocab = dataset
     out = tmp_path / "res" / "eval.json"
     rc = main(["eval", "--model", "tiny", "--dataset", "coco-panoptic-val", "--data-root", str(root),
-               "--vocab-dir", str(vocab), "--out", str(out), "--limit", "2", "--min-size", "32", "--max-size", "64",
+               "--vocab-dir", str(vocab), "--out", str(out), "--limit", "1", "--min-size", "32", "--max-size", "64",
                "--no-progress"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
@@ -196,12 +198,12 @@ def test_cli_tiny_model_end_to_end(dataset, tmp_path, capsys):
     for value in (res["semantic"]["mIoU"], res["instance"]["AP"]):
         assert value is None or 0.0 <= value <= 100.0
     meta = res["meta"]
-    assert meta["num_images"] == 2 and meta["model"] == "tiny" and meta["min_size_test"] == 32
+    assert meta["num_images"] == 1 and meta["model"] == "tiny" and meta["min_size_test"] == 32
     assert meta["train_vocab"].endswith("coco_panoptic_with_prompt_eng.txt")
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left nothing behind
 
 
-@pytest.mark.parametrize("damage", ["no-data", "bad-json", "no-label", "no-vocab"])
+@pytest.mark.parametrize("damage", ["no-data", "bad-json", "no-label", "no-png", "no-vocab"])
 def test_missing_or_malformed_dataset_exits_2_naming_the_file(dataset, tmp_path, capsys, damage):
     root, vocab = dataset
     data = tmp_path / "data"
@@ -210,11 +212,12 @@ def test_missing_or_malformed_dataset_exits_2_naming_the_file(dataset, tmp_path,
         "no-data": tmp_path / "empty" / "coco" / "annotations" / "panoptic_val2017.json",
         "bad-json": data / "coco" / "annotations" / "panoptic_val2017.json",
         "no-label": data / "coco" / "panoptic_semseg_val2017" / "000000000002.png",
+        "no-png": data / "coco" / "panoptic_val2017" / "000000000002.png",
         "no-vocab": tmp_path / "novocab" / "coco_panoptic_with_prompt_eng.txt",
     }[damage]
     if damage == "bad-json":
         expected.write_text("{not json")
-    elif damage == "no-label":
+    elif damage in ("no-label", "no-png"):
         expected.unlink()
     elif damage == "no-vocab":
         (tmp_path / "novocab").mkdir()
