@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cmpf.evaluation.cli import add_metrics_parser
 
     add_metrics_parser(sub)
-    for module, adder in (("cmpf.train.cli", "add_train_parser"), ("cmpf.commands", "add_commands")):
+    for module, adder in (("cmpf.train.cli", "add_train_parser"), ("cmpf.commands", "add_commands"),
+                          ("cmpf.evaluation.eval_cli", "add_eval_parser")):
         if importlib.util.find_spec(module) is not None:
             getattr(importlib.import_module(module), adder)(sub)
     return parser

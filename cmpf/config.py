@@ -71,7 +71,6 @@ class ModelConfig:
     min_size_test: int = 800
     max_size_test: int = 1333
     size_divisibility: int = 32
-    sam_input_size: int = 1024
     # kernels: the torch reference paths or the Triton kernels (cmpf.kernels)
     attention_impl: KernelImpl = "torch"
     mask_pooling_impl: KernelImpl = "torch"
@@ -95,11 +94,16 @@ class ModelConfig:
         return self.sam is not None
 
     @property
+    def sam_input_size(self) -> int:
+        """SAM input side (1024 for ViT-B); the SAM copy of every image is warped to this square."""
+        return self.sam.img_size if self.sam is not None else 1024
+
+    @property
     def clip_arch(self) -> Literal["convnext", "resnet"]:
         return "convnext" if "convnext" in self.clip_model.lower() else "resnet"
 
 
-_TINY_SAM = SamConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), out_chans=64)
+_TINY_SAM = SamConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), out_chans=64, img_size=256)
 _TINY = dict(
     hidden_dim=64,
     num_queries=20,

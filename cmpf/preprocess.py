@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cmpf.config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
@@ -52,7 +52,8 @@ def load_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb(img, str(path))
+            # detectron2's read_image applies the EXIF orientation
+            rgb = _to_rgb(ImageOps.exif_transpose(img), str(path))
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
     except OSError as e:

@@ -46,13 +46,15 @@ class Vocabulary:
             raise VocabularyError("the vocabulary is empty")
         if len(self.is_thing) != len(self.classes):
             raise VocabularyError("is_thing must have one flag per class")
-        seen: dict[str, int] = {}
+        # Identical classes are ambiguous; a shared first name with other synonyms is not (ADE-847
+        # has "pot", "bag", ... twice with different synonym lists).
+        seen: dict[tuple[str, ...], int] = {}
         for i, syns in enumerate(self.classes):
             if not syns or any(not s for s in syns):
                 raise VocabularyError(f"class {i} has an empty name")
-            if syns[0] in seen:
-                raise VocabularyError(f"duplicate class name {syns[0]!r} (classes {seen[syns[0]]} and {i})")
-            seen[syns[0]] = i
+            if syns in seen:
+                raise VocabularyError(f"duplicate class name {syns[0]!r} (classes {seen[syns]} and {i})")
+            seen[syns] = i
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -101,7 +103,7 @@ def parse_class_list(text: str, things: Optional[Iterable[str]] = None) -> Vocab
     """Parse ``"cat;dog,puppy;sky"``. Without ``things`` every class is a thing."""
     classes = tuple(_split_synonyms(c) for c in text.split(";") if c.strip())
     if not classes:
-        raise VocabularyError("the class list is empty")
+        raise VocabularyError("empty vocabulary: the class list names no class")
     return Vocabulary(classes, _thing_flags([c[0] for c in classes], things, True))
 
 
@@ -124,6 +126,6 @@ def load_vocabulary_file(path: str | Path, things: Optional[Iterable[str]] = Non
         text = tail if sep and head.strip().isdigit() else line
         classes.append(_split_synonyms(text))
     if not classes:
-        raise VocabularyError(f"vocabulary file {path} has no classes")
+        raise VocabularyError(f"empty vocabulary: {path} has no classes")
     names = [c[0] for c in classes]
     return Vocabulary(tuple(classes), _thing_flags(names, things, True))

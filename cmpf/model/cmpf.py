@@ -109,7 +109,13 @@ class CMPF(nn.Module):
         from cmpf.preprocess import normalize_clip, normalize_sam
 
         feats = self.encode_clip(normalize_clip(images))
-        sam_embedding = self.encode_sam(normalize_sam(images)) if self.sam is not None else None
+        sam_embedding = None
+        if self.sam is not None:
+            sam_pixels = normalize_sam(images)
+            size = self.cfg.sam_input_size
+            if sam_pixels.shape[-2:] != (size, size):  # official LSJ crops are already 1024²
+                sam_pixels = F.interpolate(sam_pixels, size=(size, size), mode="bilinear", align_corners=False)
+            sam_embedding = self.encode_sam(sam_pixels)
         predictions = self.decode(feats, sam_embedding, text)
         as_dict = lambda p: {"pred_logits": p.logits, "pred_masks": p.masks}  # noqa: E731
         return {**as_dict(predictions[-1]), "aux_outputs": [as_dict(p) for p in predictions[:-1]]}
