@@ -2,7 +2,6 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SITE = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 .PHONY: setup demo test test-all clean
 
@@ -11,8 +10,9 @@ $(BIN)/cmpf: setup.py constraints.txt tools/torchvision_cpu_fallback.py
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# torchvision's PyPI wheel is CUDA-linked: install the import-time fallback (see the file)
-	cp tools/torchvision_cpu_fallback.py $(SITE)/_cmpf_torchvision_fallback.py
-	echo "import _cmpf_torchvision_fallback; _cmpf_torchvision_fallback.install()" > $(SITE)/cmpf_torchvision_fallback.pth
+	site=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	cp tools/torchvision_cpu_fallback.py $$site/_cmpf_torchvision_fallback.py && \
+	echo "import _cmpf_torchvision_fallback; _cmpf_torchvision_fallback.install()" > $$site/cmpf_torchvision_fallback.pth
 	$(BIN)/python -c "import torchvision, open_clip, segment_anything"
 	touch $(BIN)/cmpf
 
