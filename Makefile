@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-all clean
 
-$(BIN)/cmpf: setup.py constraints.txt tools/torchvision_cpu_fallback.py
+$(VENV)/.installed: setup.py constraints.txt tools/torchvision_cpu_fallback.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
@@ -14,9 +14,9 @@ $(BIN)/cmpf: setup.py constraints.txt tools/torchvision_cpu_fallback.py
 	cp tools/torchvision_cpu_fallback.py $$site/_cmpf_torchvision_fallback.py && \
 	echo "import _cmpf_torchvision_fallback; _cmpf_torchvision_fallback.install()" > $$site/cmpf_torchvision_fallback.pth
 	$(BIN)/python -c "import torchvision, open_clip, segment_anything"
-	touch $(BIN)/cmpf
+	touch $(VENV)/.installed
 
-setup: $(BIN)/cmpf
+setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/cmpf demo --out demo_out
