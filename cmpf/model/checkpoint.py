@@ -38,6 +38,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, not a torch file ...
+        if _is_torchscript(path):
+            # OpenAI's RN50x64.pt (the official 'openai' CLIP weights) is a TorchScript archive; only
+            # its tensors are read (no Python pickle is unpickled)
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -46,6 +50,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (or {{'model': state_dict}})")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 @dataclass
@@ -139,7 +153,9 @@ def _check_required(model, report, checkpoint, own_groups) -> None:
                     "void": "the checkpoint has no void_embedding.weight"}.get(g, "")
             problems.append(f"group '{g}' is absent ({len(keys)} tensors): {hint}")
         else:
-            problems.append(f"group '{g}' is incomplete: {len(keys) - n} of {len(keys)} tensors missing")
+            hint = {"clip": " (FC-CLIP releases lack the CLIP text tower: pass --clip-weights)",
+                    "sam": " (pass --sam-weights sam_vit_b_01ec64.pth)"}.get(g, "")
+            problems.append(f"group '{g}' is incomplete: {len(keys) - n} of {len(keys)} tensors missing{hint}")
     # the CLIP text tower may be absent (FC-CLIP releases lack it) when text embeddings are supplied
     # separately; we still require it here because the model encodes vocabularies itself.
     if problems:
