@@ -28,7 +28,8 @@ SMOKE_LEVELS = [(10, 14), (5, 7), (3, 4)]
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/kernels_<gpu>.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/kernels_<gpu>.json)")
     parser.add_argument("--dtypes", default="fp16,fp32", help="comma-separated: fp32, fp16, bf16")
     parser.add_argument("--ops", default="masked_attention,mask_pooling,ms_deform_attn")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")

@@ -212,14 +212,15 @@ def ms_deform_attn_triton(
         level_args += [h, w, start]
         start += h * w
     out = torch.empty((n, lq, m * dh), dtype=value.dtype, device=value.device)
-    block_q = 128 if interpreting() else 32  # the interpreter pays per op, not per element
+    # 32 queries x 8 warps: ~75-95 registers on sm_90, no spills; the interpreter pays per op, so bigger blocks
+    block_q = 128 if interpreting() else 32
     with launch_context(value):
         wrap_triton(kernel)[(triton.cdiv(lq, block_q), m, n)](
             value, sampling_locations, attention_weights, out,
             lq, dh, *level_args,
             *value.stride(), *sampling_locations.stride(), *attention_weights.stride(), *out.stride(),
             NUM_LEVELS=n_levels, NUM_POINTS=n_points,
-            BLOCK_Q=block_q, BLOCK_P=next_power_of_2(n_points), BLOCK_D=next_power_of_2(dh),
+            BLOCK_Q=block_q, BLOCK_P=next_power_of_2(n_points), BLOCK_D=next_power_of_2(dh), num_warps=8,
         )
     return out
 
