@@ -258,29 +258,14 @@ def masked_attention_triton(
     num_kb = triton.cdiv(lk, block_n)
     device = q.device
 
-    if blocked is None:  # every tile visible, every row has a key: the mask is never read
-        mask_u8 = torch.zeros((1, 1, 1, 1), dtype=torch.uint8, device=device).expand(bsz, 1, lq, lk)
-        tiles = torch.ones((bsz, 1, num_qb, num_kb), dtype=torch.int8, device=device)
-        rows = torch.ones((bsz, 1, 1, lq), dtype=torch.int8, device=device)
-    else:
+    if blocked is not None:
         assert blocked.dtype == torch.bool, "blocked must be a bool mask"
         assert blocked.dim() == 4 and blocked.shape[0] == bsz and blocked.shape[2:] == (lq, lk), (
             f"blocked {tuple(blocked.shape)} must be (B, 1 or H, Lq, Lk) = ({bsz}, 1|{heads}, {lq}, {lk})"
         )
         assert blocked.shape[1] in (1, heads), f"blocked heads {blocked.shape[1]} must be 1 or {heads}"
         check_device(q, blocked)
-        mask_u8 = blocked.view(torch.uint8)
-        mheads = blocked.shape[1]
-        num_kc = triton.cdiv(num_kb, _SUMMARY_TILES)
-        tiles = torch.empty((bsz, mheads, num_qb, num_kb), dtype=torch.int8, device=device)
-        rows = torch.empty((bsz, mheads, num_kc, lq), dtype=torch.int8, device=device)
-        with launch_context(q):
-            wrap_triton(summary_kernel)[(num_qb, num_kc, bsz * mheads)](
-                mask_u8, tiles, rows,
-                mheads, lq, lk, num_kb,
-                *mask_u8.stride(),
-                BLOCK_M=block_m, BLOCK_N=block_n, TILES_PER_PROGRAM=_SUMMARY_TILES,
-            )
+    mask_u8, tiles, rows = _summarize_mask(blocked, q, lk, block_m, block_n, summary_kernel)
     shared = mask_u8.shape[1] == 1  # one mask for every head (the model's case)
 
     splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, num_qb * bsz * heads), num_kb // 4))
@@ -307,6 +292,33 @@ def masked_attention_triton(
             BLOCK_M=block_m, BLOCK_D=block_d,
         )
     return out
+
+
+def _summarize_mask(blocked, q, lk, block_m, block_n, summary_kernel):
+    """(uint8 mask view, per-tile states, per-key-chunk row flags) for ``_masked_attention_kernel``."""
+    from torch.library import wrap_triton
+
+    from cmpf.kernels._triton import launch_context
+
+    bsz, _, lq, _ = q.shape
+    num_qb, num_kb = triton.cdiv(lq, block_m), triton.cdiv(lk, block_n)
+    if blocked is None:  # every tile visible, every row has a key: the mask is never read
+        mask_u8 = torch.zeros((1, 1, 1, 1), dtype=torch.uint8, device=q.device).expand(bsz, 1, lq, lk)
+        tiles = torch.ones((bsz, 1, num_qb, num_kb), dtype=torch.int8, device=q.device)
+        return mask_u8, tiles, torch.ones((bsz, 1, 1, lq), dtype=torch.int8, device=q.device)
+    mask_u8 = blocked.view(torch.uint8)
+    mheads = blocked.shape[1]
+    num_kc = triton.cdiv(num_kb, _SUMMARY_TILES)
+    tiles = torch.empty((bsz, mheads, num_qb, num_kb), dtype=torch.int8, device=q.device)
+    rows = torch.empty((bsz, mheads, num_kc, lq), dtype=torch.int8, device=q.device)
+    with launch_context(q):
+        wrap_triton(summary_kernel)[(num_qb, num_kc, bsz * mheads)](
+            mask_u8, tiles, rows,
+            mheads, lq, lk, num_kb,
+            *mask_u8.stride(),
+            BLOCK_M=block_m, BLOCK_N=block_n, TILES_PER_PROGRAM=_SUMMARY_TILES,
+        )
+    return mask_u8, tiles, rows
 
 
 def _masked_attention_fake(q, k, v, blocked):

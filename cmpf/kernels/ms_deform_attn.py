@@ -226,7 +226,9 @@ def ms_deform_attn_triton(
 
 
 def _flat_shapes(spatial_shapes) -> list[int]:
-    """[(H0, W0), (H1, W1)] or [H0, W0, H1, W1] -> [H0, W0, H1, W1] as python ints."""
+    """[(H0, W0), (H1, W1)], [H0, W0, H1, W1] or an (L, 2) tensor -> [H0, W0, H1, W1] as python ints."""
+    if isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = spatial_shapes.flatten().tolist()
     flat = []
     for item in spatial_shapes:
         if isinstance(item, (tuple, list, torch.Size)):

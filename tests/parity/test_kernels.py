@@ -8,6 +8,7 @@ The same checks at the model's shapes, on CUDA, are in tests/gpu/test_kernels_gp
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def assert_parity(out: torch.Tensor, ref64: torch.Tensor, torch_out: torch.Tenso
     assert out.dtype == torch_out.dtype and out.shape == torch_out.shape
     err = (out.double() - ref64).abs().max().item()
     torch_err = (torch_out.double() - ref64).abs().max().item()
+    assert math.isfinite(torch_err), "the torch path itself is broken here: the rule would compare against inf/nan"
     assert err <= 2 * torch_err + ATOL[dtype], f"kernel error {err:.3g} vs torch error {torch_err:.3g} ({dtype})"
 
 
