@@ -256,6 +256,32 @@ def test_tensorrt_plugins_register():
     assert set(names) == {"cmpf::masked_attention", "cmpf::mask_pooling", "cmpf::ms_deform_attn"}
 
 
+# --- the model end to end -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_triton
+def test_tiny_model_with_triton_kernels_matches_torch():
+    """The ``tiny`` preset with all three kernels selected vs the torch paths (~30 s in the interpreter)."""
+    from cmpf.config import get_config
+    from cmpf.model import build_model
+    from cmpf.text import from_synonym_embeddings
+
+    reference = build_model(get_config("tiny"))
+    kernels = build_model(
+        get_config("tiny", attention_impl="triton", mask_pooling_impl="triton", deform_attn_impl="triton")
+    )
+    kernels.load_state_dict(reference.state_dict())
+    embed = torch.nn.functional.normalize(torch.randn(7, reference.backbone.embed_dim), dim=-1)
+    text = from_synonym_embeddings(embed, [2, 1, 1, 1, 1, 1])
+    size = reference.cfg.sam_input_size
+    inputs = (torch.randn(1, 3, 64, 96), torch.randn(1, 3, size, size), text, torch.ones(6, dtype=torch.bool))
+    with torch.no_grad():
+        want, got = reference(*inputs), kernels(*inputs)
+    for name in ("pred_logits", "pred_masks", "out_vocab_logits", "mask_cls_logprob"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-4)
+
+
 # --- the real compiler: sm_90 (Hopper) builds without a GPU -------------------------------------
 
 
