@@ -28,9 +28,10 @@ def mask_pooling_ref(x: torch.Tensor, mask_logits: torch.Tensor, upcast: bool = 
         x, mask_logits = x.float(), mask_logits.float()
     if mask_logits.shape[-2:] != x.shape[-2:]:
         mask_logits = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    mask = (mask_logits.detach() > 0).to(x.dtype)
-    denom = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
-    return torch.einsum("bchw,bqhw->bqc", x, mask / denom)
+    mask = mask_logits.detach() > 0
+    # the area and its +1e-8 in float32 (in fp16 the 1e-8 would round away and empty masks give 0/0)
+    denom = mask.sum(dim=(-1, -2), keepdim=True, dtype=torch.float32) + 1e-8
+    return torch.einsum("bchw,bqhw->bqc", x, (mask.float() / denom).to(x.dtype))
 
 
 # --------------------------------------------------------------------------------------------------

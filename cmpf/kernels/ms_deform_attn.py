@@ -46,7 +46,7 @@ def ms_deform_attn_ref(
         # (N, H*W, M, Dh) -> (N*M, Dh, H, W)
         v = values[level].flatten(2).transpose(1, 2).reshape(n * m, dh, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
-        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        g = grids[:, :, :, level].transpose(1, 2).flatten(0, 1).contiguous()  # CPU fp16 needs contiguous
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # (N*M, Dh, Lq, L*P) weighted by (N*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
