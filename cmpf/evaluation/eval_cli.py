@@ -17,7 +17,8 @@ EXIT_OK = 0
 def _run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from cmpf.evaluation.dataset_eval import EvalConfig, evaluate, init_distributed
+    from cmpf.evaluation.dataset_eval import EvalConfig, evaluate
+    from cmpf.evaluation.gather import init_distributed
     from cmpf.evaluation.report import write_json_atomic
 
     if (args.model is None) == (args.artifacts is None):

@@ -119,6 +119,21 @@ class PanopticAccumulator:
         """Category id -> (IoU sum, TP, FP, FN) accumulated so far."""
         return {k: (s.iou, s.tp, s.fp, s.fn) for k, s in self._stats.items()}
 
+    def add_counts(self, counts: Mapping[int, Sequence], num_images: int) -> None:
+        """Add counts of another accumulator over the same categories (merging shards or images).
+
+        Args:
+            counts: category id -> (IoU sum, TP, FP, FN), as returned by :meth:`counts`.
+            num_images: how many images ``counts`` covers.
+        """
+        for cat, (iou, tp, fp, fn) in counts.items():
+            stat = self._stats[cat]
+            stat.iou += iou
+            stat.tp += tp
+            stat.fp += fp
+            stat.fn += fn
+        self.num_images += num_images
+
     def add(
         self,
         gt_png_ids: np.ndarray,

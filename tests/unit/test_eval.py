@@ -17,8 +17,10 @@ import torch
 from cmpf.cli import main
 from cmpf.data.registry import DatasetSpec
 from cmpf.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco_panoptic
-from cmpf.evaluation.dataset_eval import EvalConfig, Sample, evaluate, prepare_dataset, shard
+from cmpf.evaluation.dataset_eval import EvalConfig, evaluate
+from cmpf.evaluation.gather import shard
 from cmpf.evaluation.panoptic import read_panoptic_png
+from cmpf.evaluation.prepare import Sample, prepare_dataset
 from cmpf.postprocess import Segmentation
 
 NUM_IMAGES = 5

@@ -80,6 +80,25 @@ def test_hand_computed_case() -> None:
     assert (tp, fp, fn) == (1, 1, 1) and iou == pytest.approx(0.8)
 
 
+def test_add_counts_merges_accumulators() -> None:
+    """Per-image accumulators merged with ``add_counts`` equal one accumulator over both images."""
+    gt, gt_segs, pred, pred_segs = hand_case()
+    perfect = (gt, gt_segs, gt, [{"id": s["id"], "category_id": s["category_id"]} for s in gt_segs])
+    whole = PanopticAccumulator(CATS)
+    whole.add(gt, gt_segs, pred, pred_segs)
+    whole.add(*perfect)
+    first, second = PanopticAccumulator(CATS), PanopticAccumulator(CATS)
+    first.add(gt, gt_segs, pred, pred_segs)
+    second.add(*perfect)
+    merged = PanopticAccumulator(CATS)
+    merged.add_counts(first.counts(), first.num_images)
+    merged.add_counts(second.counts(), second.num_images)
+    assert merged.counts() == whole.counts() and merged.num_images == 2
+    iou, tp, fp, fn = merged.counts()[1]
+    assert (tp, fp, fn) == (1 + 2, 1, 1) and iou == pytest.approx(0.8 + 2.0)
+    assert merged.result() == whole.result()
+
+
 def test_perfect_and_empty_prediction() -> None:
     gt, gt_segs, _, _ = hand_case()
     perfect = PanopticAccumulator(CATS)
