@@ -20,17 +20,18 @@ pytestmark = pytest.mark.skipif(not golden.available(), reason="../shared/refere
 F32, F16 = REL[("golden", "fp32")], REL[("golden", "fp16-stored")]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def golden_run(tmp_dir, **overrides):
+    """Run the golden input through the pipeline with ``frozenseg-convnext-large`` (+ config overrides)."""
+    from cmpf.config import get_config
     from cmpf.model import build_model
     from cmpf.pipeline import PipelineOptions, segment
     from cmpf.runtime.torch_runner import torch_runners
     from cmpf.text import from_synonym_embeddings
     from cmpf.vocabulary import load_vocabulary_file
 
-    ckpt = tmp_path_factory.mktemp("golden") / "frozenseg_variantB.pth"
+    ckpt = tmp_dir / "frozenseg_variantB.pth"
     torch.save({"model": golden.golden_state_dict()}, ckpt)
-    model = build_model("frozenseg-convnext-large", checkpoint=ckpt)
+    model = build_model(get_config("frozenseg-convnext-large", **overrides), checkpoint=ckpt)
     ckpt.unlink()
     arrays, stats = golden.arrays(), golden.stats()
     vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt")
@@ -40,6 +41,11 @@ def run(tmp_path_factory):
     result = segment([image], vocab, torch_runners(model), model.cfg, seen, PipelineOptions(resize=False),
                      text=text)
     return model, vocab, seen, arrays, stats, result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return golden_run(tmp_path_factory.mktemp("golden"))
 
 
 def test_vocabulary_and_seen_mask_match(run):
