@@ -45,7 +45,8 @@ def _add_run(sub) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "aoti", "torch", "tensorrt"])
     p.add_argument("--vocab", help="vocabulary file (official id:syn1,syn2 format or one class per line)")
     p.add_argument("--classes", help="inline vocabulary: 'cat;dog,puppy;sky'")
-    p.add_argument("--things", help="thing classes among them: 'cat;dog' (default: all)")
+    p.add_argument("--things", help="thing classes among them: 'cat;dog', or an official split: ade20k-150, "
+                   "coco-panoptic, cityscapes (default: all classes are things)")
     p.add_argument("--train-vocab", help="training vocabulary (COCO panoptic file) for the seen-class mask")
     p.add_argument("--no-resize", action="store_true", help="skip the 800/1333 shortest-edge resize")
     p.add_argument("--out", default="out", help="output directory")

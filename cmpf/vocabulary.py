@@ -30,6 +30,22 @@ VILD_PROMPT = (
 )
 
 
+# Thing classes (contiguous indices) of the official panoptic vocabularies, from the detectron2 /
+# FrozenSeg category tables (``isthing``); ``--things NAME`` uses them with the matching vocabulary file.
+THING_INDICES = {
+    "ade20k-150": (
+        7, 8, 10, 12, 14, 15, 18, 19, 20, 22, 23, 24, 27, 30, 31, 32, 33, 35, 36, 37, 38, 39, 41, 42, 43, 44, 45,
+        47, 49, 50, 53, 55, 56, 57, 58, 62, 64, 65, 66, 67, 69, 70, 71, 72, 73, 74, 75, 76, 78, 80, 81, 82, 83,
+        85, 86, 87, 88, 89, 90, 92, 93, 95, 97, 98, 102, 103, 104, 107, 108, 110, 111, 112, 115, 116, 118, 119,
+        120, 121, 123, 124, 125, 126, 127, 129, 130, 132, 133, 134, 135, 136, 137, 138, 139, 142, 143, 144, 146,
+        147, 148, 149,
+    ),
+    "coco-panoptic": tuple(range(80)),
+    "cityscapes": tuple(range(11, 19)),
+}
+THING_VOCAB_SIZES = {"ade20k-150": 150, "coco-panoptic": 133, "cityscapes": 19}
+
+
 class VocabularyError(ValueError):
     """A vocabulary that cannot be used (empty, duplicated names, unreadable file)."""
 
@@ -92,6 +108,13 @@ def _split_synonyms(text: str) -> tuple[str, ...]:
 def _thing_flags(names: Sequence[str], things: Optional[Iterable[str]], default: bool) -> tuple[bool, ...]:
     if things is None:
         return tuple(default for _ in names)
+    things = list(things)
+    if len(things) == 1 and things[0] in THING_INDICES:  # a named official split, e.g. "ade20k-150"
+        if len(names) != THING_VOCAB_SIZES[things[0]]:
+            raise VocabularyError(f"--things {things[0]} is for a {THING_VOCAB_SIZES[things[0]]}-class vocabulary, "
+                                  f"this one has {len(names)} classes")
+        indices = set(THING_INDICES[things[0]])
+        return tuple(i in indices for i in range(len(names)))
     things = set(things)
     unknown = things - set(names)
     if unknown:

@@ -34,7 +34,7 @@ def golden_run(tmp_dir, **overrides):
     model = build_model(get_config("frozenseg-convnext-large", **overrides), checkpoint=ckpt)
     ckpt.unlink()
     arrays, stats = golden.arrays(), golden.stats()
-    vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt")
+    vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt", things=["ade20k-150"])
     seen = vocab.seen_mask(load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt"))
     text = from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms)
     image = torch.from_numpy(arrays["input_model_image_chw_f32"])

@@ -69,3 +69,12 @@ def test_official_vocabularies_counts():
     for name in ("ade20k_847", "pascal_ctx_459", "pascal_ctx_59", "cityscapes", "mapillary_vistas",
                  "lvis_1203", "pascal_voc_21", "coco_stuff"):
         assert len(load_vocabulary_file(golden.VOCABS / f"{name}_with_prompt_eng.txt")) > 0
+
+
+def test_named_thing_split(tmp_path):
+    f = tmp_path / "v.txt"
+    f.write_text("".join(f"{i + 1}:c{i}\n" for i in range(19)))
+    v = load_vocabulary_file(f, things=["cityscapes"])
+    assert [i for i, t in enumerate(v.is_thing) if t] == list(range(11, 19))
+    with pytest.raises(VocabularyError, match="150-class"):
+        load_vocabulary_file(f, things=["ade20k-150"])
