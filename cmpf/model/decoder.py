@@ -117,7 +117,12 @@ class MaskedDecoder(nn.Module):
                                        void, self.logit_scale)
         resized = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
         blocked = (resized.sigmoid().flatten(2) < 0.5).unsqueeze(1).detach()  # (B, 1, Q, hw)
-        sam_pool = self._mask_pooling_proj(self._pool(sam_neck, masks)) if self.with_sam else None
+        sam_pool = None
+        if self.with_sam:
+            # resized here rather than inside the pooling (which resizes only when the sizes differ):
+            # the same bilinear resize, without a size comparison that would pin H/4 in exported graphs
+            sam_masks = F.interpolate(masks, size=sam_neck.shape[-2:], mode="bilinear", align_corners=False)
+            sam_pool = self._mask_pooling_proj(self._pool(sam_neck, sam_masks))
         return Prediction(logits, masks), blocked, sam_pool
 
     def forward(self, multi_scale, mask_features, text, void, sam_neck=None, sam_fpn=None) -> list[Prediction]:
@@ -125,8 +130,9 @@ class MaskedDecoder(nn.Module):
         sizes = [f.shape[-2:] for f in multi_scale]
         src, pos = zip(*(self._tokens(f, i) for i, f in enumerate(multi_scale)))
         if self.with_sam:
-            if sam_fpn.shape[-2:] != sizes[0] and not self.training:
-                # test time only: SAM tokens resized onto the CLIP stride-32 grid
+            if not self.training:
+                # test time only: SAM tokens resized onto the CLIP stride-32 grid (an exact identity when
+                # the sizes match; unconditional so that exported graphs keep that grid symbolic)
                 sam_fpn = F.interpolate(sam_fpn, size=sizes[0], mode="bilinear", align_corners=False)
             src_sam, pos_sam = self._tokens(sam_fpn, 0)
         b = mask_features.shape[0]
