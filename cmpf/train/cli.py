@@ -31,14 +31,22 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from cmpf.train.loop import train
 
+    rank = 0
     try:
         result = train(config_from_args(args))
+        rank = dist.get_rank() if dist.is_initialized() else 0
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"wrote {result.final_weights}")
+    finally:
+        if dist.is_initialized():  # torchrun: train() joined the process group
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"wrote {result.final_weights}")
     return EXIT_OK
 
 

@@ -2,8 +2,9 @@
 
 Consumes a :class:`TrainConfig` (model preset, datasets root, output directory, schedule); produces
 checkpoints in ``out_dir`` (``checkpoint_*.pth`` with optimizer / scheduler / RNG state for
-``--resume``, and ``model_final.pth`` = ``{"model": trainable state}`` for ``cmpf run`` /
-``cmpf export``) plus ``metrics.jsonl`` (one JSON object per logged iteration). Under ``torchrun``
+``--resume``, and ``model_final.pth`` = ``{"model": state_dict}`` in the official key names for
+``cmpf run`` / ``cmpf export``: the trainable modules, plus the frozen towers when they were randomly
+initialised) and ``metrics.jsonl`` (one JSON object per logged iteration). Under ``torchrun``
 every rank trains on its own shard (NCCL on GPUs, gloo on CPU); the recipe is the official one
 (MODEL_SPEC §9): AdamW 1e-4, weight decay 0.05 except norms and embeddings, ×0.1 LR steps at
 88.9 % and 96.3 % of the iterations, full-model gradient clipping at L2 norm 0.01, AMP (float16
@@ -144,17 +145,15 @@ class ShardSampler(DistributedSampler):
 
 def init_distributed(cfg: TrainConfig) -> DistEnv:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 and pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return DistEnv(rank, world_size, torch.device("cuda", local_rank))
-    return DistEnv(rank, world_size, torch.device("cpu"))
+        torch.cuda.set_device(device)  # before NCCL initialises
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if dist.is_initialized():
+        return DistEnv(dist.get_rank(), dist.get_world_size(), device)
+    return DistEnv(0, 1, device)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -346,6 +345,14 @@ def _setup(cfg: TrainConfig, env: DistEnv, model: Optional[nn.Module]):
     return _State(model, optimizer, scheduler, scaler), criterion, forward, text, loader, sampler, per_rank
 
 
+def _final_state_dict(model: nn.Module, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The trainable state; plus the frozen towers when they are random (no weight files given),
+    so that a test preset's ``model_final.pth`` loads on its own."""
+    if cfg.clip_weights is None and cfg.sam_weights is None:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return ckpt.trainable_state_dict(model)
+
+
 def train(cfg: TrainConfig, model: Optional[nn.Module] = None) -> TrainResult:
     """Train (or resume) a model on a COCO-panoptic set; see the module docstring.
 
@@ -389,7 +396,7 @@ def train(cfg: TrainConfig, model: Optional[nn.Module] = None) -> TrainResult:
     bar.close()
     final = out_dir / "model_final.pth"
     if env.is_main:
-        ckpt.atomic_save({"model": ckpt.trainable_state_dict(state.model), "iteration": state.iteration}, final)
+        ckpt.atomic_save({"model": _final_state_dict(state.model, cfg), "iteration": state.iteration}, final)
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(out_dir, final, state.iteration, metrics, state.model)

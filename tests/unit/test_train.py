@@ -16,7 +16,6 @@ from cmpf.train import checkpoint as ckpt
 from cmpf.train.cli import config_from_args, main
 from cmpf.train.loop import OFFICIAL_LR_STEPS, ShardSampler, TrainConfig, build_optimizer, param_groups, train
 
-REAL_PRESET = "tiny-fcclip"  # TODO(model): "tiny" once its SAM branch accepts LSJ crops smaller than 1024
 
 
 class FakeSegmenter(nn.Module):
@@ -146,6 +145,10 @@ def test_checkpoint_helpers(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ckpt.trainable_state_dict(other).values(), state.values()))
     with pytest.raises(KeyError, match="missing"):
         ckpt.load_trainable_state(other, {})
+    from cmpf.train.loop import _final_state_dict
+
+    assert set(_final_state_dict(model, TrainConfig(clip_weights="clip.bin"))) == set(state)  # towers from files
+    assert set(_final_state_dict(model, TrainConfig())) == set(model.state_dict())  # random towers kept
     (tmp_path / "last_checkpoint").write_text("checkpoint_0000099.pth")
     with pytest.raises(FileNotFoundError, match="checkpoint_0000099.pth"):
         ckpt.last_checkpoint(tmp_path)
@@ -166,21 +169,23 @@ def test_train_writes_checkpoints_and_metrics(data_root, tmp_path):
     assert [m["iteration"] for m in lines] == [3, 4]
     assert {"loss", "loss_ce", "loss_mask", "loss_dice", "lr", "grad_norm"} <= set(lines[0])
     assert all(np.isfinite(m["loss"]) for m in lines)
-    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
-    assert set(final["model"]) == set(ckpt.trainable_state_dict(model)) and "backbone.weight" not in final["model"]
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert set(final) == set(model.state_dict())  # random frozen towers are included
     saved = ckpt.load_checkpoint(tmp_path / "checkpoint_0000004.pth")
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "config", "iteration"} <= set(saved)
     assert saved["config"]["max_iter"] == 4 and len(saved["rng"]) == 1
 
 
-def test_resume_matches_uninterrupted_run(data_root, tmp_path):
+@pytest.mark.parametrize("model_name", ["fake", "tiny"])
+def test_resume_matches_uninterrupted_run(data_root, tmp_path, model_name):
+    make = fake_model if model_name == "fake" else lambda: None  # None: train() builds the tiny preset
     cfg = small_config(data_root, tmp_path)  # 6 iterations over 2-batch epochs of 5 images
-    full = train(cfg, fake_model())
+    full = train(cfg, make())
     expected = ckpt.trainable_state_dict(full.model)
     full_log = (tmp_path / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "last_checkpoint").write_text("checkpoint_0000003.pth")  # pretend it stopped at 3
     (tmp_path / "metrics.jsonl").unlink()
-    resumed = train(small_config(data_root, tmp_path, resume=True), fake_model())
+    resumed = train(small_config(data_root, tmp_path, resume=True), make())
     assert resumed.iteration == 6
     got = ckpt.trainable_state_dict(resumed.model)
     for key, value in expected.items():
@@ -231,13 +236,18 @@ def test_vocabulary_file(data_root, tmp_path):
         training_vocabulary(small_config(data_root, tmp_path, vocabulary=str(vocab)), dataset)
 
 
-def test_real_model_smoke(data_root, tmp_path):
-    pytest.importorskip("cmpf.model")
-    result = train(small_config(data_root, tmp_path, preset=REAL_PRESET, max_iter=2, num_points=128, log_period=2))
+def test_real_model_smoke(data_root, tmp_path, preset="tiny"):
+    result = train(small_config(data_root, tmp_path, preset=preset, max_iter=2, num_points=128, log_period=2))
     assert result.iteration == 2 and np.isfinite(result.metrics["loss"])
-    final = torch.load(result.final_weights, weights_only=True)["model"]
-    assert "void_embedding.weight" in final and any(k.startswith("sem_seg_head.predictor.") for k in final)
-    assert not any(k.startswith(("backbone.", "sam.")) for k in final)
+    from cmpf.model import build_model
+
+    # random frozen towers: model_final.pth carries them too and loads on its own, strictly
+    loaded = build_model(preset, checkpoint=result.final_weights)
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoint_0000002.pth")["model"]
+    assert "void_embedding.weight" in saved and any(k.startswith("sem_seg_head.predictor.") for k in saved)
+    assert all(k.startswith(("sem_seg_head.", "void_embedding.")) for k in saved)
 
 
 def _panoptic_inference(logits, masks, isthing, overlap=0.8):
@@ -286,7 +296,8 @@ def _panoptic_quality(model, text, val, categories) -> float:
 
 
 @pytest.mark.slow
-def test_training_lowers_loss_and_raises_pq(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-fcclip"])
+def test_training_lowers_loss_and_raises_pq(tmp_path, preset):
     """A few hundred iterations on synthetic shapes: loss falls, held-out PQ rises well above untrained."""
     from cmpf.model import build_model
     from cmpf.train.loop import build_dataset, seed_everything, training_vocabulary
@@ -294,7 +305,7 @@ def test_training_lowers_loss_and_raises_pq(tmp_path):
     make_synthetic_coco_panoptic(tmp_path, 48, 64, seed=0, split="train2017")
     val = make_synthetic_coco_panoptic(tmp_path, 12, 64, seed=1, split="val2017", num_crowd_only=0)
     cfg = TrainConfig(
-        preset=REAL_PRESET, data_root=str(tmp_path), out_dir=str(tmp_path / "out"), max_iter=300, batch_size=4,
+        preset=preset, data_root=str(tmp_path), out_dir=str(tmp_path / "out"), max_iter=200, batch_size=4,
         lr=1e-3, image_size=64, num_workers=1, checkpoint_period=1000, log_period=25, num_points=1024,
     )  # fmt: skip
     dataset = build_dataset(cfg)
