@@ -149,6 +149,28 @@ def _instance_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_
     }
 
 
+def _annotate(
+    canvas: np.ndarray, layers: list[tuple[int, bool]], segment_ids: np.ndarray, image_id: int, first_ann_id: int
+) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """Semantic map (H, W) uint8 (255 = void), panoptic ``segments_info`` and instance annotations."""
+    semantic = np.full(canvas.shape, 255, dtype=np.uint8)
+    segments, instances = [], []
+    for k, ((cls, crowd), seg_id) in enumerate(zip(layers, segment_ids), start=1):
+        mask = canvas == k
+        if not mask.any():  # fully occluded
+            continue
+        category = SYNTHETIC_CLASSES[cls]
+        semantic[mask] = cls
+        segments.append(
+            {"id": int(seg_id), "category_id": category.id, "iscrowd": int(crowd), "area": int(mask.sum()),
+             "bbox": _bbox(mask)}
+        )  # fmt: skip
+        if category.isthing:
+            ann_id = first_ann_id + len(instances)
+            instances.append(_instance_annotation(mask, ann_id, image_id, category.id, crowd))
+    return semantic, segments, instances
+
+
 def make_synthetic_coco_panoptic(
     root: Union[str, os.PathLike],
     num_images: int,
@@ -196,20 +218,8 @@ def make_synthetic_coco_panoptic(
         )
         segment_ids = _unique_segment_ids(len(layers), rng)
         ids = np.concatenate([[0], segment_ids])[canvas]  # layer k -> its segment id, 0 stays void
-        semantic = np.full((h, w), 255, dtype=np.uint8)
-        segments = []
-        for k, ((cls, crowd), seg_id) in enumerate(zip(layers, segment_ids), start=1):
-            mask = canvas == k
-            if not mask.any():  # fully occluded
-                continue
-            category = SYNTHETIC_CLASSES[cls]
-            semantic[mask] = cls
-            segments.append(
-                {"id": int(seg_id), "category_id": category.id, "iscrowd": int(crowd),
-                 "area": int(mask.sum()), "bbox": _bbox(mask)}
-            )
-            if category.isthing:
-                instances.append(_instance_annotation(mask, len(instances) + 1, image_id, category.id, crowd))
+        semantic, segments, things = _annotate(canvas, layers, segment_ids, image_id, len(instances) + 1)
+        instances += things
         file_name = f"{stem}.{image_format}"
         Image.fromarray(_render(canvas, layers, rng)).save(out.image_dir / file_name, quality=95)
         Image.fromarray(id2rgb(ids)).save(out.panoptic_dir / f"{stem}.png")

@@ -73,6 +73,14 @@ def test_synthetic_contents(synthetic_png):
     assert set(np.unique(ids)) - {0} == {s["id"] for s in info["annotations"][0]["segments_info"]}
     semantic = np.asarray(Image.open(synthetic_png.semantic_dir / info["annotations"][0]["file_name"]))
     assert (semantic[ids == 0] == 255).all() and (semantic[ids != 0] < len(SYNTHETIC_CLASSES)).all()
+    from pycocotools import mask as mask_utils
+
+    instances = json.loads(synthetic_png.instances_json.read_text())
+    things = {c.id for c in SYNTHETIC_CLASSES if c.isthing}
+    assert len(instances["annotations"]) == sum(s["category_id"] in things for s in segments)
+    first = instances["annotations"][0]
+    thing_id = next(s["id"] for s in info["annotations"][0]["segments_info"] if s["category_id"] in things)
+    np.testing.assert_array_equal(mask_utils.decode(first["segmentation"]).astype(bool), ids == thing_id)
 
 
 def test_reader_drops_crowd_filters_empty_and_maps_ids(synthetic_png):
