@@ -250,36 +250,12 @@ def test_real_model_smoke(data_root, tmp_path, preset="tiny"):
     assert all(k.startswith(("sem_seg_head.", "void_embedding.")) for k in saved)
 
 
-def _panoptic_inference(logits, masks, isthing, overlap=0.8):
-    """Official panoptic merge (MODEL_SPEC §8.3, object-mask threshold 0): logits (Q, K+1), masks (Q, H, W)."""
-    scores, labels = logits.softmax(-1).max(-1)
-    keep = labels.ne(logits.shape[-1] - 1) & (scores > 0.0)
-    scores, labels, probs = scores[keep], labels[keep], masks.sigmoid()[keep]
-    ids = torch.zeros(masks.shape[-2:], dtype=torch.int64)
-    segments, stuff = [], {}
-    if len(labels) == 0:
-        return ids, segments
-    owner = (scores[:, None, None] * probs).argmax(0)
-    for k, label in enumerate(labels.tolist()):
-        region = (owner == k) & (probs[k] >= 0.5)
-        area, original = int((owner == k).sum()), int((probs[k] >= 0.5).sum())
-        if area == 0 or original == 0 or int(region.sum()) == 0 or area / original < overlap:
-            continue
-        if not isthing[label] and label in stuff:
-            ids[region] = stuff[label]
-            continue
-        ids[region] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "category_id": label})
-        if not isthing[label]:
-            stuff[label] = len(segments)
-    return ids, segments
-
-
 @torch.no_grad()
 def _panoptic_quality(model, text, val, categories) -> float:
     """PQ (percent) of in-vocabulary predictions on a synthetic split, with ``cmpf.evaluation``."""
     from cmpf.data.coco_panoptic import read_rgb, rgb2id
     from cmpf.evaluation import PanopticAccumulator
+    from cmpf.postprocess import panoptic_inference
 
     info = json.loads(val.json_path.read_text())
     acc = PanopticAccumulator([{"id": i, "isthing": int(t)} for i, t in enumerate(categories.isthing)])
@@ -288,9 +264,10 @@ def _panoptic_quality(model, text, val, categories) -> float:
         pixels = torch.from_numpy(read_rgb(val.image_dir / image["file_name"]).copy()).permute(2, 0, 1)[None].float()
         out = model.forward_train(pixels, text)
         masks = F.interpolate(out["pred_masks"], size=pixels.shape[-2:], mode="bilinear", align_corners=False)
-        ids, segments = _panoptic_inference(out["pred_logits"][0], masks[0], categories.isthing)
+        is_thing = torch.tensor(categories.isthing)
+        ids, segments = panoptic_inference(out["pred_logits"][0], masks[0], is_thing, 0.0, 0.8)  # official thresholds
         gt_segments = [{**s, "category_id": categories.id_to_index[s["category_id"]]} for s in ann["segments_info"]]
-        acc.add(rgb2id(read_rgb(val.panoptic_dir / ann["file_name"])), gt_segments, ids.numpy(), segments)
+        acc.add(rgb2id(read_rgb(val.panoptic_dir / ann["file_name"])), gt_segments, ids.long().numpy(), segments)
     model.train()
     return acc.result()["All"]["pq"]
 
