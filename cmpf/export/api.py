@@ -1,0 +1,192 @@
+"""``export_model``: preset + checkpoint → artifact directory (one file per graph and format + manifest).
+
+Stages, in order, under one progress bar: build the model (and save random weights when there is
+no checkpoint) → per graph: ``torch.export`` once, then ONNX and/or AOTInductor from that program
+(→ optional ONNX Runtime check against the eager graph) → ``manifest.json``. Every file is written
+atomically and the manifest last, so a directory without a manifest is an unfinished export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shlex
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from cmpf.export.aoti import export_aoti, program_device
+from cmpf.export.graphs import call_graph, graph_module, model_specs
+from cmpf.export.manifest import build_manifest, write_manifest
+from cmpf.export.onnx import DEFAULT_OPSET, export_onnx
+from cmpf.export.program import TraceSizes, example_inputs, export_program
+from cmpf.outputs import atomic_write
+from cmpf.runtime.artifacts import FORMAT_SUFFIX, MANIFEST_NAME, sha256_file
+from cmpf.vocabulary import Vocabulary, load_vocabulary_file, parse_class_list
+
+FORMATS = ("onnx", "aoti")
+PRECISION = "fp32"
+WEIGHTS_NAME = "weights.pth"
+VERIFY_SIZES = TraceSizes(batch=3, h32=3, w32=6, num_classes=5, num_synonyms=3, num_prompts=4)  # ≠ trace sizes
+VERIFY_REL_ERROR = 1e-3  # a sanity bound at export time; the parity tests hold the 1e-4 table
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str  # preset name (cmpf.config.PRESETS)
+    out_dir: str
+    checkpoint: Optional[str] = None  # None: random weights, saved as weights.pth beside the graphs
+    formats: tuple[str, ...] = ("onnx",)
+    graphs: Optional[tuple[str, ...]] = None  # None: every graph of the model
+    opset: int = DEFAULT_OPSET
+    device: str = "cpu"  # AOTInductor compiles for this device; ONNX is device-independent
+    vocab: Optional[str] = None  # vocabulary file recorded in the manifest
+    classes: Optional[str] = None  # or an inline vocabulary 'cat;dog,puppy'
+    train_vocab: Optional[str] = None  # training vocabulary for the seen-class mask
+    trace: TraceSizes = TraceSizes()
+    verify: bool = True  # run each ONNX file once on ONNX Runtime and compare with the eager graph
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown or not self.formats:
+            raise ValueError(f"unknown export formats {unknown}; choose from {', '.join(FORMATS)}")
+        if self.opset < 18:
+            raise ValueError(f"ONNX opset {self.opset} is too old; use >= 18")
+        if self.vocab and self.classes:
+            raise ValueError("give at most one of --vocab FILE and --classes LIST")
+
+    def command(self) -> str:
+        """The command line that reproduces this export (recorded in the manifest)."""
+        args = ["cmpf", "export", "--model", self.model, "--out", self.out_dir, "--format", ",".join(self.formats)]
+        for flag, value in (("--checkpoint", self.checkpoint), ("--vocab", self.vocab), ("--classes", self.classes),
+                            ("--train-vocab", self.train_vocab)):
+            if value:
+                args += [flag, value]
+        if self.graphs:
+            args += ["--graphs", ",".join(self.graphs)]
+        if self.device != "cpu":
+            args += ["--device", self.device]
+        return shlex.join(args)
+
+
+def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
+    """Export the graphs of ``cfg.model``; returns the manifest path.
+
+    Args:
+        model: an already built ``CMPF`` of the same preset (skips building; its weights are saved
+            when ``cfg.checkpoint`` is None).
+    """
+    from cmpf.model import build_model
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the old manifest would vouch for files about to change
+    vocabulary, train_vocabulary = _vocabularies(cfg)
+    model = (model or build_model(cfg.model, cfg.checkpoint)).eval().to(cfg.device)
+    specs = model_specs(model)
+    graphs = list(cfg.graphs or specs)
+    missing = sorted(set(graphs) - set(specs))
+    if missing:
+        raise ValueError(f"model {cfg.model} has no graphs {missing}; graphs: {', '.join(specs)}")
+    stages = [(g, step) for g in graphs for step in ("trace",) + tuple(cfg.formats)]
+    bar = tqdm(total=len(stages) + 2, desc=f"export {cfg.model}", unit="stage", disable=not progress)
+    bar.set_postfix_str("weights")
+    checkpoint = _record_weights(cfg, model, out)
+    bar.update()
+    files: dict[str, dict[str, dict]] = {}
+    program = None
+    for graph, step in stages:
+        bar.set_postfix_str(f"{graph}: {step}")
+        if step == "trace":
+            program = _trace(model, graph, specs[graph], cfg)
+        else:
+            files.setdefault(graph, {})[step] = _write_format(program, model, graph, specs[graph], step, out, cfg)
+        bar.update()
+    bar.set_postfix_str("manifest")
+    spec_args = {"channels": model.backbone.channels, "embed_dim": model.backbone.embed_dim}
+    manifest = build_manifest(model.cfg, {g: specs[g] for g in graphs}, spec_args, files, out, command=cfg.command(),
+                              opset=cfg.opset if "onnx" in cfg.formats else None, checkpoint=checkpoint,
+                              vocabulary=vocabulary, train_vocabulary=train_vocabulary)
+    path = write_manifest(out, manifest)
+    bar.update()
+    bar.close()
+    return path
+
+
+def _vocabularies(cfg: ExportConfig) -> tuple[Optional[Vocabulary], Optional[Vocabulary]]:
+    vocabulary = (load_vocabulary_file(cfg.vocab) if cfg.vocab else
+                  parse_class_list(cfg.classes) if cfg.classes else None)
+    return vocabulary, (load_vocabulary_file(cfg.train_vocab) if cfg.train_vocab else None)
+
+
+def _record_weights(cfg: ExportConfig, model, out: Path) -> dict:
+    """The weights the graphs come from: the checkpoint's path and hash, or random weights saved here."""
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint).resolve()
+        return {"path": str(path), "sha256": sha256_file(path)}
+    warnings.warn(f"no --checkpoint: exporting {cfg.model} with random weights (saved as {out / WEIGHTS_NAME})",
+                  stacklevel=3)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: torch.save({"model": state}, tmp))
+    return {"path": WEIGHTS_NAME, "sha256": sha256_file(out / WEIGHTS_NAME), "random_init": True}
+
+
+def _trace(model, graph: str, spec, cfg: ExportConfig):
+    module = graph_module(model, graph)
+    inputs = example_inputs(spec, cfg.trace, cfg.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's notes on upstream code (open_clip, timm)
+        return export_program(module, spec, inputs)
+
+
+def _write_format(program, model, graph: str, spec, fmt: str, out: Path, cfg: ExportConfig) -> dict:
+    path = out / f"{graph}.{PRECISION}{FORMAT_SUFFIX[fmt]}"
+    entry: dict = {"path": path.name, "precision": PRECISION}
+    if fmt == "onnx":
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
+            warnings.simplefilter("ignore")  # the exporter's progress prints and optimizer notes
+            written = export_onnx(program, spec, path, opset=cfg.opset)
+        entry.update(device="any", external_data=[p.name for p in written[1:]])
+        if cfg.verify:
+            entry["verified_rel_error"] = _verify_onnx(path, model, graph, spec)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation notes from inductor internals
+            export_aoti(program, path)
+        entry["device"] = program_device(program)
+    return entry
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _verify_onnx(path: Path, model, graph: str, spec) -> dict[str, float]:
+    """Run the new file once at sizes other than the trace sizes; refuse it beyond ``VERIFY_REL_ERROR``."""
+    from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    inputs = example_inputs(spec, VERIFY_SIZES, "cpu", seed=1)
+    device = next(model.parameters()).device
+    expected = call_graph(graph_module(model, graph), spec, {k: v.to(device) for k, v in inputs.items()})
+    actual = OnnxRuntimeRunner(path, spec)(inputs)
+    errors = {}
+    for name, ref in expected.items():
+        ref, got = ref.double().cpu(), actual[name].double()
+        errors[name] = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+        if not errors[name] <= VERIFY_REL_ERROR:  # also catches NaN
+            path.unlink()
+            raise RuntimeError(f"{path.name}: {name} differs from the eager graph by {errors[name]:.2e} (relative) "
+                               f"at sizes {VERIFY_SIZES}; the file was removed")
+    return errors
