@@ -1,0 +1,101 @@
+"""Parity of a backend with the eager model, graph by graph, on the inputs a real image produces.
+
+``capture_graph_inputs`` runs ``cmpf.pipeline.segment`` once with the reference runners and keeps
+the inputs each graph received; ``graph_parity`` feeds the same inputs to both sides and reports
+the L2-relative error of every output against ``REL_TOLERANCE`` (the values of ``tests/tolerances.py``,
+kept equal by a unit test). Masks are compared by IoU of their binarised logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import torch
+
+from cmpf.config import ModelConfig
+from cmpf.pipeline import PipelineOptions, segment
+from cmpf.runtime.base import Runner
+from cmpf.vocabulary import Vocabulary
+
+REL_TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "aoti": 1e-4}  # fp32, L2-relative
+MASK_OUTPUTS = ("pred_masks",)
+
+
+class RecordingRunner:
+    """Wraps a runner and keeps the inputs of its first call."""
+
+    def __init__(self, runner: Runner):
+        self.runner, self.backend, self.graph = runner, runner.backend, runner.graph
+        self.inputs: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.inputs is None:
+            self.inputs = {k: v.detach().clone() for k, v in inputs.items()}
+        return self.runner(inputs)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def capture_graph_inputs(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
+                         cfg: ModelConfig, options: PipelineOptions = PipelineOptions(),
+                         device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    """The inputs of every graph when the pipeline segments ``images`` (the text encoder sees the first
+    prompts of the vocabulary, up to ``options.text_batch``)."""
+    recorders = {g: RecordingRunner(r) for g, r in runners.items()}
+    segment(images, vocabulary, recorders, cfg, [False] * len(vocabulary), options, device=device)
+    return {g: r.inputs for g, r in recorders.items() if r.inputs is not None}
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    graph: str
+    backend: str
+    output: str
+    rel_error: float  # ||a - b||₂ / ||b||₂ against the reference
+    max_abs: float
+    tolerance: float
+    mask_iou: float | None = None  # binarised (logit > 0) masks
+
+    @property
+    def ok(self) -> bool:
+        return self.rel_error <= self.tolerance  # False for NaN
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner],
+                 inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> list[ParityRow]:
+    """One row per graph output: ``candidate[g](inputs[g])`` against ``reference[g](inputs[g])``."""
+    rows = []
+    for graph, feed in inputs.items():
+        expected, actual = reference[graph](feed), candidate[graph](feed)
+        backend = candidate[graph].backend
+        for name, ref in expected.items():
+            got = actual[name]
+            if got.shape != ref.shape:
+                raise ValueError(f"{graph}.{name}: {backend} shape {tuple(got.shape)}, eager {tuple(ref.shape)}")
+            iou = None
+            if name in MASK_OUTPUTS:
+                a, b = got.cpu() > 0, ref.cpu() > 0
+                union = (a | b).sum().item()
+                iou = 1.0 if union == 0 else (a & b).sum().item() / union
+            max_abs = float((got.detach().double().cpu() - ref.detach().double().cpu()).abs().max())
+            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, REL_TOLERANCE[backend], iou))
+    return rows
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """A plain fixed-width table (also valid Markdown)."""
+    cells = [header] + [[f"{c:.2e}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
