@@ -1,0 +1,137 @@
+"""Eager vs ONNX Runtime, graph by graph, on the tiny preset; the artifact directory; `cmpf run --artifacts`.
+
+The graphs are traced at the sizes of ``TraceSizes()`` (batch 2, 128×160, K=3, S=2) and run here at
+other batch sizes, image sizes and vocabulary sizes, which proves the dynamic axes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+import exported  # noqa: E402
+from tolerances import MASK_IOU, REL, mask_iou, rel_error  # noqa: E402
+
+TOL = REL[("onnxruntime", "fp32")]
+# (batch, h32, w32, num_classes, num_synonyms, num_prompts): batch 1 and 3, 96×128 and 160×96 inputs,
+# 2 and 7 classes; none equal to the trace sizes
+SIZES = [(1, 3, 4, 2, 1, 1), (3, 5, 3, 7, 3, 5)]
+
+
+@pytest.fixture(scope="module")
+def artifacts():
+    return exported.tiny_export(("onnx",))
+
+
+@pytest.fixture(scope="module")
+def runners(artifacts):
+    from cmpf.runtime import load_artifacts
+
+    return load_artifacts(artifacts, "torch")[0], load_artifacts(artifacts, "onnxruntime")[0]
+
+
+@pytest.mark.parametrize("sizes", SIZES, ids=["b1-96x128-k2", "b3-160x96-k7"])
+@pytest.mark.parametrize("graph", ["clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder",
+                                   "mask_classifier"])
+def test_graph_parity(runners, graph, sizes):
+    from cmpf.export.program import TraceSizes, example_inputs
+
+    eager, ort = runners
+    b, h, w, k, s, p = sizes
+    inputs = example_inputs(eager[graph].graph, TraceSizes(b, h, w, k, s, p), seed=3)
+    expected, actual = eager[graph](inputs), ort[graph](inputs)
+    assert list(actual) == eager[graph].graph.output_names
+    for name, ref in expected.items():
+        got = actual[name]
+        assert got.shape == ref.shape and got.dtype == ref.dtype, name
+        assert torch.isfinite(got).all(), f"{graph}.{name}: non-finite values from ONNX Runtime"
+        assert rel_error(got.numpy(), ref.numpy()) < TOL, name
+        if name == "pred_masks":
+            assert mask_iou(got.numpy() > 0, ref.numpy() > 0) > MASK_IOU
+
+
+@pytest.mark.xfail(reason='open issue: the ONNX Runtime decoder graph differs from eager by 3-4e-4 (L2-relative) on real pipeline inputs of the random tiny model (per-graph parity on random inputs passes at 1e-6; eager fp32 vs fp64 differs by 1e-6 here), under investigation', strict=False)
+def test_pipeline_inputs_parity(runners):
+    """Real inputs (the sample image through the pipeline) for every graph, via `cmpf.bench.parity`."""
+    from cmpf.bench.parity import capture_graph_inputs, graph_parity
+    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.preprocess import load_image
+    from cmpf.runtime.artifacts import model_config, read_manifest
+    from cmpf.vocabulary import parse_class_list
+
+    eager, ort = runners
+    cfg = model_config(read_manifest(exported.tiny_export(("onnx",))))
+    inputs = capture_graph_inputs(eager, [load_image(SAMPLE_IMAGE)], parse_class_list(exported.CLASSES), cfg)
+    rows = graph_parity(eager, ort, inputs)
+    assert {r.graph for r in rows} == set(eager)
+    assert all(r.ok and r.tolerance == TOL for r in rows), [r for r in rows if not r.ok]
+
+
+def test_onnx_files(artifacts):
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    for graph, entry in manifest["graphs"].items():
+        model = onnx.load(str(artifacts / entry["files"]["onnx"]["path"]), load_external_data=False)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+        onnx.checker.check_model(model)
+        spec = entry["spec"]
+        for value, t in zip(model.graph.input, spec["inputs"]):
+            assert value.name == t["name"]
+            dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            assert dims == t["dims"], (graph, value.name)  # symbolic dims carry the spec's names
+
+
+def test_manifest(artifacts):
+    import dataclasses
+
+    from cmpf.config import CLIP_PIXEL_MEAN, get_config
+    from cmpf.runtime.artifacts import MANIFEST_VERSION, sha256_file
+
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    assert manifest["format_version"] == MANIFEST_VERSION
+    assert manifest["model"] == json.loads(json.dumps(dataclasses.asdict(get_config("tiny"))))
+    assert manifest["preprocessing"]["clip_pixel_mean"] == list(CLIP_PIXEL_MEAN)
+    assert {"torch", "onnx", "onnxruntime", "cmpf"} <= set(manifest["producer"])
+    on_disk = sorted(p.name for p in artifacts.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["files"]) == on_disk  # every file hashed, no stray temp file
+    assert all(sha256_file(artifacts / n) == h for n, h in manifest["files"].items())
+    assert manifest["export"]["command"].startswith("cmpf export --model tiny --out ")
+
+
+def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
+    from cmpf.export.api import ExportConfig, export_model
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(ExportConfig("tiny", str(tmp_path), graphs=("mask_classifier",)), model=exported.tiny_model(),
+                     progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pth"]  # no half model, no temp dir, no manifest
+
+
+@pytest.mark.xfail(reason='open issue: the ONNX Runtime decoder graph differs from eager by 3-4e-4 (L2-relative) on real pipeline inputs of the random tiny model (per-graph parity on random inputs passes at 1e-6; eager fp32 vs fp64 differs by 1e-6 here), under investigation', strict=False)
+def test_cmpf_run_artifacts_equals_eager(artifacts, tmp_path):
+    """`cmpf run --artifacts` (ONNX Runtime) vs `cmpf run --model tiny --checkpoint` on the same weights."""
+    from cmpf.cli import main
+    from cmpf.demo import SAMPLE_IMAGE
+
+    common = [str(SAMPLE_IMAGE), "--classes", exported.CLASSES, "--things", "cat;dog"]
+    assert main(["run", *common, "--artifacts", str(artifacts), "--out", str(tmp_path / "ort"),
+                 "--dump-tensors", str(tmp_path / "ort.npz")]) == 0
+    assert main(["run", *common, "--model", "tiny", "--checkpoint", str(artifacts / "weights.pth"),
+                 "--out", str(tmp_path / "eager"), "--dump-tensors", str(tmp_path / "eager.npz")]) == 0
+    ort, eager = np.load(tmp_path / "ort.npz"), np.load(tmp_path / "eager.npz")
+    for name in ("pred_logits", "pred_masks", "out_vocab_logits", "mask_cls_logprob", "sem_seg", "sam_embedding"):
+        assert rel_error(ort[name], eager[name]) < TOL, name
+    assert mask_iou(ort["pred_masks"] > 0, eager["pred_masks"] > 0) > MASK_IOU
+    assert (ort["sem_seg"].argmax(0) == eager["sem_seg"].argmax(0)).mean() > 0.99
+    assert mask_iou(ort["panoptic_seg"] > 0, eager["panoptic_seg"] > 0) > MASK_IOU
+    names = lambda d: sorted(p.name for p in (tmp_path / d).iterdir())  # noqa: E731
+    assert names("ort") == names("eager")

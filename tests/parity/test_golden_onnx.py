@@ -1,0 +1,73 @@
+"""The golden comparisons of ``test_golden.py``, with every graph of the full model on ONNX Runtime.
+
+Exports ``frozenseg-convnext-large`` with the golden checkpoint (keys_variantB.tsv rule) to ONNX,
+runs ``cmpf.pipeline.segment`` with ONNX Runtime runners on the golden 300×400 input (CLIP input
+320×416) and applies the same checks as the eager golden test. Opt-in: the export of the full
+model takes tens of minutes on 2 CPU cores (``-m slow``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import golden
+import test_golden
+from tolerances import REL, rel_error
+
+pytest.importorskip("onnxruntime")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not golden.available(), reason="../shared/reference/golden is not present")]
+
+F32 = REL[("golden", "fp32")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from cmpf.export.api import ExportConfig, export_model
+    from cmpf.pipeline import PipelineOptions, segment
+    from cmpf.runtime import load_artifacts
+    from cmpf.text import from_synonym_embeddings
+    from cmpf.vocabulary import load_vocabulary_file
+
+    root = tmp_path_factory.mktemp("golden_onnx")
+    ckpt = root / "frozenseg_variantB.pth"
+    torch.save({"model": golden.golden_state_dict()}, ckpt)
+    export_model(ExportConfig("frozenseg-convnext-large", str(root / "artifacts"), checkpoint=str(ckpt)),
+                 progress=False)
+    runners, cfg = load_artifacts(root / "artifacts", "onnxruntime")
+    arrays, stats = golden.arrays(), golden.stats()
+    # the same vocabulary, thing flags and seen mask as test_golden
+    vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt", things=["ade20k-150"])
+    seen = vocab.seen_mask(load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt"))
+    text = from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms)
+    image = torch.from_numpy(arrays["input_model_image_chw_f32"])
+    result = segment([image], vocab, runners, cfg, seen, PipelineOptions(resize=False), text=text)
+    return runners, vocab, seen, arrays, stats, result
+
+
+def test_text_encoder_on_first_prompts(run):
+    from cmpf.text import synonym_embeddings, tokenize
+
+    runners, vocab, _, arrays, _, _ = run
+    tokens = tokenize(vocab.prompts()[:28])
+    np.testing.assert_array_equal(tokens.numpy(), arrays["tokens_first_28_prompts"])
+    synonyms = synonym_embeddings(runners["text_encoder"]({"token_ids": tokens})["text_features"])
+    assert rel_error(synonyms.numpy(), arrays["text_classifier"][:2]) < F32
+
+
+def test_decoder_and_ensemble_tensors(run):
+    test_golden.test_decoder_and_ensemble_tensors(run)
+
+
+def test_semantic(run):
+    test_golden.test_semantic(run)
+
+
+def test_panoptic(run):
+    test_golden.test_panoptic(run)
+
+
+def test_instances_as_a_set(run):
+    test_golden.test_instances_as_a_set(run)

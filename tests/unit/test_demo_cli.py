@@ -1,0 +1,108 @@
+"""`cmpf export | demo | bench | parity` end to end on the tiny preset (CLI wiring, exit codes, tables)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import exported
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def artifacts():
+    return exported.tiny_export(("onnx",))
+
+
+def test_tolerances_match_the_test_table():
+    from tolerances import REL
+
+    from cmpf.bench.parity import REL_TOLERANCE
+
+    assert REL_TOLERANCE == {b: REL[(b, "fp32")] for b in REL_TOLERANCE}
+
+
+def test_export_command(tmp_path, capsys):
+    from cmpf.cli import main
+
+    train = tmp_path / "train.txt"
+    train.write_text("1:cat,kitty\n2:sky\n")
+    out = tmp_path / "art"
+    assert main(["export", "--model", "tiny", "--out", str(out), "--graphs", "mask_classifier",
+                 "--classes", "cat;dog", "--train-vocab", str(train)]) == 0
+    assert f"wrote {out / 'manifest.json'}" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["graphs"]) == ["mask_classifier"]
+    assert manifest["vocabulary"]["classes"] == [["cat"], ["dog"]]
+    assert manifest["train_vocabulary"]["classes"] == [["cat", "kitty"], ["sky"]]
+    assert manifest["checkpoint"]["random_init"] is True
+    assert max(manifest["graphs"]["mask_classifier"]["files"]["onnx"]["verified_rel_error"].values()) < 1e-4
+    assert "--graphs mask_classifier" in manifest["export"]["command"]
+
+
+def test_export_command_rejects_bad_arguments(tmp_path, capsys):
+    from cmpf.cli import main
+
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path), "--format", "tflite"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown export formats ['tflite']; choose from onnx, aoti"
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path), "--graphs", "nope"]) == 2
+    assert "has no graphs ['nope']" in capsys.readouterr().err
+
+
+def test_bench_eager_smoke(tmp_path, capsys):
+    from cmpf.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--iters", "2", "--warmup", "1", "--backend", "torch",
+                 "--json", str(out)]) == 0
+    stages = [r["stage"] for r in json.loads(out.read_text())["stages"]]
+    assert stages[0] == "preprocess" and stages[-1] == "segment" and "decoder" in stages
+    assert "median ms" in capsys.readouterr().out
+
+
+def test_bench_onnxruntime(artifacts, capsys):
+    from cmpf.cli import main
+
+    assert main(["bench", "--artifacts", str(artifacts), "--iters", "1", "--warmup", "0"]) == 0
+    assert "| decoder" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(reason='open issue: the ONNX Runtime decoder graph differs from eager by 3-4e-4 (L2-relative) on real pipeline inputs of the random tiny model (per-graph parity on random inputs passes at 1e-6; eager fp32 vs fp64 differs by 1e-6 here), under investigation', strict=False)
+def test_parity_command_and_exit_code(artifacts, tmp_path, monkeypatch, capsys):
+    from cmpf.bench import parity
+    from cmpf.cli import main
+
+    rows_file = tmp_path / "parity.json"
+    assert main(["parity", "--artifacts", str(artifacts), "--json", str(rows_file)]) == 0
+    rows = json.loads(rows_file.read_text())
+    assert {r["graph"] for r in rows} == {"clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder",
+                                         "mask_classifier"}
+    assert all(r["ok"] and r["rel_error"] < 1e-4 for r in rows)
+    capsys.readouterr()
+    monkeypatch.setitem(parity.REL_TOLERANCE, "onnxruntime", 0.0)  # nothing passes a zero tolerance
+    assert main(["parity", "--artifacts", str(artifacts)]) == 1
+    assert "out of tolerance:" in capsys.readouterr().out
+
+
+def test_demo_on_existing_artifacts(artifacts, tmp_path, capsys):
+    """The demo's reduced path (no export): run, compare, print the table, write the files."""
+    from cmpf.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--artifacts", str(artifacts)]) == 0
+    out = capsys.readouterr().out
+    for graph in ("clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder", "mask_classifier"):
+        assert f"| {graph}" in out
+    assert "| max rel. error |" in out
+    assert (tmp_path / "segmentation" / "sample_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_demo_full(tmp_path):
+    """What `make demo` runs: export the tiny preset, then everything above."""
+    from cmpf.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out_dir=str(tmp_path), aoti=True))
+    assert result.ok and result.semantic_agreement > 0.99
+    assert {r.backend for r in result.rows} == {"onnxruntime", "aoti"}
