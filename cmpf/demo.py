@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from cmpf.bench.parity import ParityRow, capture_graph_inputs, format_table, graph_parity
+from cmpf.bench.parity import ParityRow, format_table, graph_parity, record_pipeline
 from cmpf.bench.stages import time_graphs
 from cmpf.outputs import write_segmentation
 from cmpf.pipeline import PipelineOptions, segment
@@ -58,7 +58,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         backends["aoti"] = load_artifacts(artifacts, "aoti")[0]
     image = load_image(SAMPLE_IMAGE)
     vocab = parse_class_list(DEMO_CLASSES, things=DEMO_THINGS)
-    inputs = capture_graph_inputs(eager, [image], vocab, model_cfg)
+    ref, inputs = record_pipeline(eager, [image], vocab, model_cfg)  # the eager segmentation + graph inputs
     rows, table_rows = [], []
     timings = {"torch": {t.stage: t.timing for t in time_graphs(eager, inputs, warmup=1, iters=cfg.iters)}}
     for name, runners in backends.items():
@@ -69,10 +69,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         for name in backends:
             errors = [r.rel_error for r in rows if r.graph == graph and r.backend == name]
             table_rows.append([graph, name, max(errors), f"{timings[name][graph].median_ms:.1f}"])
-    seen = [False] * len(vocab)
+    seen = [False] * len(vocab)  # as record_pipeline
     ours = segment([image], vocab, backends["onnxruntime"], model_cfg, seen, PipelineOptions()).segmentations[0]
-    ref = segment([image], vocab, eager, model_cfg, seen, PipelineOptions()).segmentations[0]
-    agreement = float((ours.semantic_labels == ref.semantic_labels).float().mean())
+    agreement = float((ours.semantic_labels == ref.segmentations[0].semantic_labels).float().mean())
     written = list(write_segmentation(ours, image, out / "segmentation", "sample").values())
     table = format_table(["graph", "backend", "max rel. error", "ms / call"], table_rows)
     print(table)

@@ -2,8 +2,8 @@
 
 ``capture_graph_inputs`` runs ``cmpf.pipeline.segment`` once with the reference runners and keeps
 the inputs each graph received; ``graph_parity`` feeds the same inputs to both sides and reports
-the L2-relative error of every output against ``REL_TOLERANCE`` (the values of ``tests/tolerances.py``,
-kept equal by a unit test). Masks are compared by IoU of their binarised logits.
+the L2-relative error of every output against ``REL_TOLERANCE`` / ``GRAPH_TOLERANCE`` (the values of
+``tests/tolerances.py``, kept equal by a unit test). Masks are compared by IoU of their binarised logits.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from typing import Mapping
 import torch
 
 from cmpf.config import ModelConfig
-from cmpf.pipeline import PipelineOptions, segment
+from cmpf.pipeline import PipelineOptions, PipelineResult, segment
 from cmpf.runtime.base import Runner
 from cmpf.vocabulary import Vocabulary
 
 REL_TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "aoti": 1e-4}  # fp32, L2-relative
+# The decoder on real-image inputs: eager PyTorch's CPU GroupNorm on channels-last maps is itself off by
+# ~2e-5 (the exported backends are exact), which the masked-attention decoder amplifies (tests/tolerances.py).
+GRAPH_TOLERANCE = {"decoder": 1e-3}
 MASK_OUTPUTS = ("pred_masks",)
 
 
@@ -38,14 +41,21 @@ class RecordingRunner:
         self.runner.close()
 
 
+def record_pipeline(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
+                    cfg: ModelConfig, options: PipelineOptions = PipelineOptions(),
+                    device: str | torch.device = "cpu") -> tuple[PipelineResult, dict[str, dict[str, torch.Tensor]]]:
+    """Segment ``images`` (every class unseen) and keep the inputs each graph received (the text
+    encoder's first call: the first ``options.text_batch`` prompts)."""
+    recorders = {g: RecordingRunner(r) for g, r in runners.items()}
+    result = segment(images, vocabulary, recorders, cfg, [False] * len(vocabulary), options, device=device)
+    return result, {g: r.inputs for g, r in recorders.items() if r.inputs is not None}
+
+
 def capture_graph_inputs(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
                          cfg: ModelConfig, options: PipelineOptions = PipelineOptions(),
                          device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
-    """The inputs of every graph when the pipeline segments ``images`` (the text encoder sees the first
-    prompts of the vocabulary, up to ``options.text_batch``)."""
-    recorders = {g: RecordingRunner(r) for g, r in runners.items()}
-    segment(images, vocabulary, recorders, cfg, [False] * len(vocabulary), options, device=device)
-    return {g: r.inputs for g, r in recorders.items() if r.inputs is not None}
+    """The inputs of every graph when the pipeline segments ``images`` (see ``record_pipeline``)."""
+    return record_pipeline(runners, images, vocabulary, cfg, options, device)[1]
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,8 @@ def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner
                 union = (a | b).sum().item()
                 iou = 1.0 if union == 0 else (a & b).sum().item() / union
             max_abs = float((got.detach().double().cpu() - ref.detach().double().cpu()).abs().max())
-            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, REL_TOLERANCE[backend], iou))
+            tolerance = max(REL_TOLERANCE[backend], GRAPH_TOLERANCE.get(graph, 0.0))
+            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, tolerance, iou))
     return rows
 
 
