@@ -2,8 +2,8 @@
 
 ``capture_graph_inputs`` runs ``cmpf.pipeline.segment`` once with the reference runners and keeps
 the inputs each graph received; ``graph_parity`` feeds the same inputs to both sides and reports
-the L2-relative error of every output against ``REL_TOLERANCE`` / ``GRAPH_TOLERANCE`` (the values of
-``tests/tolerances.py``, kept equal by a unit test). Masks are compared by IoU of their binarised logits.
+the L2-relative error of every output against ``REL_TOLERANCE`` (the values of ``tests/tolerances.py``,
+kept equal by a unit test). Masks are compared by IoU of their binarised logits.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from cmpf.runtime.base import Runner
 from cmpf.vocabulary import Vocabulary
 
 REL_TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "aoti": 1e-4}  # fp32, L2-relative
-# The decoder on real-image inputs: eager PyTorch's CPU GroupNorm on channels-last maps is itself off by
-# ~2e-5 (the exported backends are exact), which the masked-attention decoder amplifies (tests/tolerances.py).
-GRAPH_TOLERANCE = {"decoder": 1e-3}
 MASK_OUTPUTS = ("pred_masks",)
 
 
@@ -98,8 +95,7 @@ def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner
                 union = (a | b).sum().item()
                 iou = 1.0 if union == 0 else (a & b).sum().item() / union
             max_abs = float((got.detach().double().cpu() - ref.detach().double().cpu()).abs().max())
-            tolerance = max(REL_TOLERANCE[backend], GRAPH_TOLERANCE.get(graph, 0.0))
-            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, tolerance, iou))
+            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, REL_TOLERANCE[backend], iou))
     return rows
 
 

@@ -61,8 +61,12 @@ class PixelDecoder(nn.Module):
     def forward(
         self, feats: dict[str, torch.Tensor], sam_neck: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor], Optional[torch.Tensor]]:
+        # CLIP features arrive channels-last-strided; PyTorch's CPU GroupNorm on channels-last maps
+        # accumulates its statistics ~35x less accurately than on NCHW (~2e-6 vs 5e-8 per norm, which the
+        # masked-attention decoder amplifies to ~4e-4), so normalise the layout first (a no-op in exports).
+        feats = {f: feats[f].float().contiguous() for f in ("res2", "res3", "res4", "res5")}
         names = ("res5", "res4", "res3")
-        srcs = [proj(feats[f].float()) for proj, f in zip(self.input_proj, names)]
+        srcs = [proj(feats[f]) for proj, f in zip(self.input_proj, names)]
         pos = [sine_position_encoding(feats[f], self.pos_feats) for f in names]
         y = self.transformer(srcs, pos)
         b = y.shape[0]
@@ -71,7 +75,7 @@ class PixelDecoder(nn.Module):
             h, w = s.shape[-2:]
             out.append(y[:, start:start + h * w].transpose(1, 2).reshape(b, -1, h, w))
             start = start + h * w
-        lateral = self.adapter_1(feats["res2"].float())
+        lateral = self.adapter_1(feats["res2"])
         fused = lateral + F.interpolate(out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         out.append(self.layer_1(fused))
         multi_scale = out[:3]  # strides 32, 16, 8
