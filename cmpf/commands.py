@@ -20,7 +20,8 @@ def _cmd_export(args) -> int:
     opset = {"opset": args.opset} if args.opset else {}  # default: ExportConfig's
     cfg = ExportConfig(model=args.model, out_dir=args.out, checkpoint=args.checkpoint, formats=_csv(args.format),
                        graphs=_csv(args.graphs), device=args.device, vocab=args.vocab, classes=args.classes,
-                       train_vocab=args.train_vocab, verify=not args.no_verify, **opset)
+                       train_vocab=args.train_vocab, verify=not args.no_verify,
+                       external_data=args.external_data, **opset)
     manifest = export_model(cfg)
     print(f"wrote {manifest}")
     return 0
@@ -129,6 +130,8 @@ def add_commands(sub) -> None:
     p.add_argument("--format", default="onnx", help="comma list of onnx, aoti (default: onnx)")
     p.add_argument("--graphs", help="comma list of graphs (default: all)")
     p.add_argument("--opset", type=int, help="ONNX opset (>= 18; default 20)")
+    p.add_argument("--external-data", action="store_true",
+                   help="ONNX weights in a separate <graph>.fp32.onnx.data file (automatic above 2 GB)")
     p.add_argument("--device", default="cpu", help="device to export / compile on (AOTInductor is device-specific)")
     p.add_argument("--vocab", help="vocabulary file to record in the manifest")
     p.add_argument("--classes", help="inline vocabulary to record in the manifest")

@@ -44,6 +44,7 @@ class ExportConfig:
     formats: tuple[str, ...] = ("onnx",)
     graphs: Optional[tuple[str, ...]] = None  # None: every graph of the model
     opset: int = DEFAULT_OPSET
+    external_data: bool = False  # ONNX weights in <file>.data even under 2 GB (always above it)
     device: str = "cpu"  # AOTInductor compiles for this device; ONNX is device-independent
     vocab: Optional[str] = None  # vocabulary file recorded in the manifest
     classes: Optional[str] = None  # or an inline vocabulary 'cat;dog,puppy'
@@ -150,7 +151,7 @@ def _write_format(program, model, graph: str, spec, fmt: str, out: Path, cfg: Ex
     if fmt == "onnx":
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
             warnings.simplefilter("ignore")  # the exporter's progress prints and optimizer notes
-            written = export_onnx(program, spec, path, opset=cfg.opset)
+            written = export_onnx(program, spec, path, opset=cfg.opset, external_data=cfg.external_data)
         entry.update(device="any", external_data=[p.name for p in written[1:]])
         if cfg.verify:
             entry["verified_rel_error"] = _verify_onnx(path, model, graph, spec)

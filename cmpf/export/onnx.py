@@ -3,7 +3,7 @@
 The program's dynamic dims (``cmpf.export.program``) become named ONNX dims: the graph inputs and
 outputs are renamed to the spec's names (``batch``, ``height``, ``num_classes``...), so that a
 reader of the file sees the same vocabulary as ``cmpf.spec``. Weights go to an external
-``<file>.data`` only above protobuf's 2 GB limit.
+``<file>.data`` above protobuf's 2 GB limit, or always with ``external_data=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ DEFAULT_OPSET = 20  # ≥ 18 (LayerNorm, GridSample 4-D); 20 adds native Gelu fo
 
 
 def export_onnx(program: ExportedProgram, spec: GraphSpec, path: str | Path, *,
-                opset: int = DEFAULT_OPSET) -> list[Path]:
+                opset: int = DEFAULT_OPSET, external_data: bool = False) -> list[Path]:
     """Write the ONNX file of one graph; returns the model path followed by its external-data files.
 
     The file is staged in a temporary directory beside ``path`` and moved into place only after
@@ -36,7 +36,8 @@ def export_onnx(program: ExportedProgram, spec: GraphSpec, path: str | Path, *,
     name_io_dims(onnx_program.model, spec)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name
-        onnx_program.save(staged)  # external data (<name>.data) only when the model exceeds 2 GB
+        # external data (<name>.data) when asked or when the model exceeds 2 GB
+        onnx_program.save(staged, external_data=external_data or None)
         onnx.checker.check_model(str(staged))  # the path form also checks external data
         extras = sorted(f for f in Path(tmp).iterdir() if f != staged)
         for f in extras + [staged]:  # the model last: it names its data files

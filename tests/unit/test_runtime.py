@@ -198,3 +198,33 @@ def test_import_hygiene_without_onnxruntime():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_external_data_is_written_hashed_and_loaded(tmp_path):
+    """`--external-data` (automatic above 2 GB): weights in <file>.data, listed and hashed in the manifest,
+    loaded by ONNX Runtime beside the model, and refused when altered."""
+    from tolerances import REL, rel_error
+
+    from cmpf.export.api import ExportConfig, export_model
+    from cmpf.runtime import load_runner
+    from cmpf.runtime.artifacts import ArtifactError, graph_artifact, read_manifest
+    from cmpf.runtime.torch_runner import TorchRunner
+    from cmpf.text import tokenize
+
+    model = exported.tiny_model()
+    with pytest.warns(UserWarning, match="random weights"):
+        export_model(ExportConfig("tiny", str(tmp_path), graphs=("text_encoder",), external_data=True), model=model,
+                     progress=False)
+    entry = read_manifest(tmp_path)["graphs"]["text_encoder"]["files"]["onnx"]
+    assert entry["external_data"] == ["text_encoder.fp32.onnx.data"]
+    data_file = tmp_path / "text_encoder.fp32.onnx.data"
+    assert data_file.stat().st_size > (tmp_path / "text_encoder.fp32.onnx").stat().st_size
+    runner = load_runner("onnxruntime", graph_artifact(tmp_path, "text_encoder", "onnx"))
+    feed = {"token_ids": tokenize(["a photo of a cat.", "a dog"])}
+    got, want = runner(feed)["text_features"], TorchRunner(model, "text_encoder")(feed)["text_features"]
+    assert rel_error(got, want) < REL[("onnxruntime", "fp32")]
+    data = bytearray(data_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"text_encoder.fp32.onnx.data: sha256 .* does not match"):
+        graph_artifact(tmp_path, "text_encoder", "onnx")
