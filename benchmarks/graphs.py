@@ -13,6 +13,7 @@ after warm-up, through the same ``Runner`` call) and checks its parity. Writes
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -86,7 +87,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--work-dir", help="where the exported files go (default: a temporary directory)")
+    p.add_argument("--markdown-from", metavar="JSON", help="only rebuild the Markdown of an existing report")
     args = p.parse_args()
+    if args.markdown_from:
+        print(write_markdown(json.loads(Path(args.markdown_from).read_text())))
+        return
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # constant-folding notes of the ONNX optimizer
 
     torch.manual_seed(0)
@@ -104,36 +109,45 @@ def main() -> None:
             rows[name] = time_graphs(runners, inputs, warmup=args.warmup, iters=args.iters)
             parity += graph_parity(eager, runners, inputs)
     shapes = {g: {k: list(v.shape) for k, v in feed.items()} for g, feed in inputs.items()}
-    report = {"model": args.model, "weights": args.checkpoint or "random", "machine": machine_at_start,
+    report = {"model": args.model, "weights": Path(args.checkpoint).name if args.checkpoint else "random", "machine": machine_at_start,
               "clip_input": shapes["clip_image_encoder"]["pixel_values"], "input_shapes": shapes,
               "warmup": args.warmup, "iters": args.iters, "export_seconds": export_seconds,
               "latency": {b: [r.to_json() for r in rs] for b, rs in rows.items()},
               "parity": [r.to_json() for r in parity]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"graphs_{args.model}.json", report)
-    table = markdown(report, rows, parity)
-    atomic_write(RESULTS / f"graphs_{args.model}.md", lambda tmp: Path(tmp).write_text(table))
-    print(table)
+    print(write_markdown(report))
 
 
-def markdown(report: dict, rows: dict, parity: list) -> str:
-    backends = list(rows)
-    timing = {b: {r.stage: r.timing for r in rs} for b, rs in rows.items()}
+def markdown(report: dict) -> str:
+    """The Markdown tables of a report (a pure function of the JSON, so they can be rebuilt from it)."""
+    backends = list(report["latency"])
+    timing = {b: {r["stage"]: r for r in rows} for b, rows in report["latency"].items()}
     worst: dict[tuple[str, str], float] = {}
-    for r in parity:
-        worst[(r.graph, r.backend)] = max(worst.get((r.graph, r.backend), 0.0), r.rel_error)
-    latency = [[g] + [f"{timing[b][g].median_ms:.1f} ({timing[b][g].p90_ms:.1f})" for b in backends]
+    for r in report["parity"]:
+        worst[(r["graph"], r["backend"])] = max(worst.get((r["graph"], r["backend"]), 0.0), r["rel_error"])
+    latency = [[g] + [f"{timing[b][g]['median_ms']:.1f} ({timing[b][g]['p90_ms']:.1f})" for b in backends]
                + [worst[(g, b)] for b in backends[1:]] for g in timing["torch"]]
     steps = list(next(iter(report["export_seconds"].values())))
     exports = [[g] + [f"{t[s]:.0f}" for s in steps] for g, t in report["export_seconds"].items()]
+    shapes = [[g, ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in feed.items())]
+              for g, feed in report["input_shapes"].items()]
     m = report["machine"]
     return "\n".join([
         f"# Graph latency: {report['model']} ({report['weights']} weights)", "",
-        f"CLIP input {report['clip_input']}; median (p90) ms of {report['iters']} runs after {report['warmup']} "
-        f"warm-up; {m['cpu']}, {m['logical_cores']} logical cores, torch {m['versions']['torch']}, onnxruntime "
-        f"{m['versions']['onnxruntime']}; load average {m['load_average_1_5_15min'][0]:.1f} when timing started.", "",
+        f"Inputs captured by the pipeline on the sample image (CLIP input {report['clip_input']}); median (p90) ms "
+        f"of {report['iters']} runs after {report['warmup']} warm-up; {m['cpu']}, {m['logical_cores']} logical "
+        f"cores, torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; load average "
+        f"{m['load_average_1_5_15min'][0]:.1f} when timing started. Relative error: L2, against eager.", "",
         format_table(["graph"] + [f"{b} ms" for b in backends] + [f"{b} rel. error" for b in backends[1:]], latency),
-        "", "Export time (s):", "", format_table(["graph"] + steps, exports), ""])
+        "", "Export time (s):", "", format_table(["graph"] + steps, exports),
+        "", "Input shapes:", "", format_table(["graph", "inputs"], shapes), ""])
+
+
+def write_markdown(report: dict) -> str:
+    table = markdown(report)
+    atomic_write(RESULTS / f"graphs_{report['model']}.md", lambda tmp: Path(tmp).write_text(table))
+    return table
 
 
 if __name__ == "__main__":
