@@ -7,7 +7,8 @@ Builds the model (random weights unless --checkpoint), exports every graph (torc
 ONNX and/or AOTInductor; export times are recorded too), captures each graph's inputs by running
 the pipeline on the bundled sample image, then times every runner on those inputs (median and p90
 after warm-up, through the same ``Runner`` call) and checks its parity. Writes
-``results/graphs_<model>.json`` (rows + machine description) and ``results/graphs_<model>.md``.
+``results/graphs_<model>.json`` (rows + machine description) and ``results/graphs_<model>.md``
+(``--markdown-from results/graphs_<model>.json`` prints that table again from the JSON alone).
 """
 
 from __future__ import annotations
@@ -87,10 +88,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--work-dir", help="where the exported files go (default: a temporary directory)")
-    p.add_argument("--markdown-from", metavar="JSON", help="only rebuild the Markdown of an existing report")
+    p.add_argument("--markdown-from", metavar="JSON", help="only print the Markdown of an existing report")
     args = p.parse_args()
     if args.markdown_from:
-        print(write_markdown(json.loads(Path(args.markdown_from).read_text())))
+        print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # constant-folding notes of the ONNX optimizer
 
