@@ -110,7 +110,8 @@ def main() -> None:
             rows[name] = time_graphs(runners, inputs, warmup=args.warmup, iters=args.iters)
             parity += graph_parity(eager, runners, inputs)
     shapes = {g: {k: list(v.shape) for k, v in feed.items()} for g, feed in inputs.items()}
-    report = {"model": args.model, "weights": Path(args.checkpoint).name if args.checkpoint else "random", "machine": machine_at_start,
+    weights = Path(args.checkpoint).name if args.checkpoint else "random"
+    report = {"model": args.model, "weights": weights, "machine": machine_at_start,
               "clip_input": shapes["clip_image_encoder"]["pixel_values"], "input_shapes": shapes,
               "warmup": args.warmup, "iters": args.iters, "export_seconds": export_seconds,
               "latency": {b: [r.to_json() for r in rs] for b, rs in rows.items()},

@@ -44,6 +44,19 @@ def test_component_shapes(tiny_model, tiny_text):
     assert torch.allclose(probs.sum(-1), torch.ones(2, q), atol=1e-5)
 
 
+def test_pixel_decoder_ignores_the_feature_layout(tiny_model):
+    """CPU GroupNorm is less accurate on channels-last maps (what the CLIP backbone returns); the pixel
+    decoder normalises the layout, so eager results equal those of exported graphs fed NCHW tensors."""
+    m, inp = tiny_model, _inputs(256, 320, b=1)
+    with torch.no_grad():
+        feats = m.encode_clip(inp.clip_pixels)
+        sam = m.encode_sam(inp.sam_pixels)
+        nhwc = {k: (10 * v + 3).contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+        nchw = {k: v.contiguous() for k, v in nhwc.items()}
+        a, b = m.sem_seg_head.pixel_decoder(nhwc, sam), m.sem_seg_head.pixel_decoder(nchw, sam)
+    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
 def test_batch_does_not_change_per_image_results(tiny_model, tiny_text):
     """The SAM-branch quirk is applied per image: results do not depend on the batch."""
     inp2 = _inputs(64, 96, b=2)
