@@ -68,7 +68,7 @@ def main() -> None:
     for size in args.sizes:
         h, w = (int(x) for x in size.split("x"))
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-        totals, stages = [], {}
+        totals, stages, load = [], {}, list(os.getloadavg())  # other work on the machine skews the timings
         for i in range(args.repeats + 1):  # first run is warm-up
             log.clear()
             t = time.perf_counter()
@@ -79,7 +79,8 @@ def main() -> None:
                 for name, sec in log:
                     stages.setdefault(name, []).append(sec)
         row = {"size": size, "seconds_per_image_median": statistics.median(totals), "runs": totals,
-               "stages_median_s": {n: statistics.median(v) for n, v in stages.items()}}
+               "stages_median_s": {n: statistics.median(v) for n, v in stages.items()},
+               "load_average_1_5_15min_at_start": load}
         print(json.dumps(row))
         rows.append(row)
     result = {"preset": args.preset, "threads": args.threads, "cpu": cpu_name(), "cores": os.cpu_count(),
