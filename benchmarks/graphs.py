@@ -38,17 +38,13 @@ from cmpf.pipeline import PipelineOptions
 from cmpf.preprocess import load_image
 from cmpf.runtime.torch_runner import torch_runners
 from cmpf.vocabulary import parse_class_list
+from reference_cpu import cpu_name  # a sibling script of this directory
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name() or "unknown", "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "versions": producer_versions(),
             "load_average_1_5_15min": list(os.getloadavg())}  # other work on the machine skews the timings
 

@@ -6,9 +6,6 @@ Each one: parse → config dataclass → library call (``cmpf.export.api``, ``cm
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else None
@@ -105,7 +102,9 @@ def _cmd_parity(args) -> int:
                        [[r.graph, r.output, r.backend, r.rel_error, r.tolerance,
                          "-" if r.mask_iou is None else f"{r.mask_iou:.4f}", "yes" if r.ok else "NO"] for r in rows]))
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_json() for r in rows], indent=1))
+        from cmpf.outputs import write_json
+
+        write_json(args.json, [r.to_json() for r in rows])
     failed = [f"{r.graph}.{r.output}" for r in rows if not r.ok]
     if failed:
         print(f"out of tolerance: {', '.join(failed)}")

@@ -176,6 +176,7 @@ def _quiet(logger_name: str):
 
 def _verify_onnx(path: Path, model, graph: str, spec) -> dict[str, float]:
     """Run the new file once at sizes other than the trace sizes; refuse it beyond ``VERIFY_REL_ERROR``."""
+    from cmpf.bench.parity import rel_error
     from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     inputs = example_inputs(spec, VERIFY_SIZES, "cpu", seed=1)
@@ -184,8 +185,7 @@ def _verify_onnx(path: Path, model, graph: str, spec) -> dict[str, float]:
     actual = OnnxRuntimeRunner(path, spec)(inputs)
     errors = {}
     for name, ref in expected.items():
-        ref, got = ref.double().cpu(), actual[name].double()
-        errors[name] = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+        errors[name] = rel_error(actual[name], ref)
         if not errors[name] <= VERIFY_REL_ERROR:  # also catches NaN
             path.unlink()
             raise RuntimeError(f"{path.name}: {name} differs from the eager graph by {errors[name]:.2e} (relative) "

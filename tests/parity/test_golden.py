@@ -20,27 +20,33 @@ pytestmark = pytest.mark.skipif(not golden.available(), reason="../shared/refere
 F32, F16 = REL[("golden", "fp32")], REL[("golden", "fp16-stored")]
 
 
-def golden_run(tmp_dir, **overrides):
-    """Run the golden input through the pipeline with ``frozenseg-convnext-large`` (+ config overrides)."""
-    from cmpf.config import get_config
-    from cmpf.model import build_model
+def golden_segment(runners, cfg):
+    """The golden input (no resize, stored text classifier, ADE-150 things, COCO seen mask) through
+    ``cmpf.pipeline.segment`` with ``runners``; returns (vocab, seen, arrays, stats, result)."""
     from cmpf.pipeline import PipelineOptions, segment
-    from cmpf.runtime.torch_runner import torch_runners
     from cmpf.text import from_synonym_embeddings
     from cmpf.vocabulary import load_vocabulary_file
 
-    ckpt = tmp_dir / "frozenseg_variantB.pth"
-    torch.save({"model": golden.golden_state_dict()}, ckpt)
-    model = build_model(get_config("frozenseg-convnext-large", **overrides), checkpoint=ckpt)
-    ckpt.unlink()
     arrays, stats = golden.arrays(), golden.stats()
     vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt", things=["ade20k-150"])
     seen = vocab.seen_mask(load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt"))
     text = from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms)
     image = torch.from_numpy(arrays["input_model_image_chw_f32"])
-    result = segment([image], vocab, torch_runners(model), model.cfg, seen, PipelineOptions(resize=False),
-                     text=text)
-    return model, vocab, seen, arrays, stats, result
+    result = segment([image], vocab, runners, cfg, seen, PipelineOptions(resize=False), text=text)
+    return vocab, seen, arrays, stats, result
+
+
+def golden_run(tmp_dir, **overrides):
+    """Run the golden input through the pipeline with ``frozenseg-convnext-large`` (+ config overrides)."""
+    from cmpf.config import get_config
+    from cmpf.model import build_model
+    from cmpf.runtime.torch_runner import torch_runners
+
+    ckpt = tmp_dir / "frozenseg_variantB.pth"
+    torch.save({"model": golden.golden_state_dict()}, ckpt)
+    model = build_model(get_config("frozenseg-convnext-large", **overrides), checkpoint=ckpt)
+    ckpt.unlink()
+    return (model, *golden_segment(torch_runners(model), model.cfg))
 
 
 @pytest.fixture(scope="module")

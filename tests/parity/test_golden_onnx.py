@@ -26,10 +26,7 @@ F32 = REL[("golden", "fp32")]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from cmpf.export.api import ExportConfig, export_model
-    from cmpf.pipeline import PipelineOptions, segment
     from cmpf.runtime import load_artifacts
-    from cmpf.text import from_synonym_embeddings
-    from cmpf.vocabulary import load_vocabulary_file
 
     root = tmp_path_factory.mktemp("golden_onnx")
     ckpt = root / "frozenseg_variantB.pth"
@@ -37,14 +34,7 @@ def run(tmp_path_factory):
     export_model(ExportConfig("frozenseg-convnext-large", str(root / "artifacts"), checkpoint=str(ckpt)),
                  progress=False)
     runners, cfg = load_artifacts(root / "artifacts", "onnxruntime")
-    arrays, stats = golden.arrays(), golden.stats()
-    # the same vocabulary, thing flags and seen mask as test_golden
-    vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt", things=["ade20k-150"])
-    seen = vocab.seen_mask(load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt"))
-    text = from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms)
-    image = torch.from_numpy(arrays["input_model_image_chw_f32"])
-    result = segment([image], vocab, runners, cfg, seen, PipelineOptions(resize=False), text=text)
-    return runners, vocab, seen, arrays, stats, result
+    return (runners, *test_golden.golden_segment(runners, cfg))  # the same inputs as test_golden
 
 
 def test_text_encoder_on_first_prompts(run):

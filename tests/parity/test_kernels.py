@@ -26,7 +26,7 @@ ATOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 BF16_DOT = pytest.param(
     torch.bfloat16,
     marks=pytest.mark.skip(
-        reason="Triton's interpreter computes tl.dot on bf16 bit patterns (garbage); bf16 runs in the GPU tests"
+        reason="needs a GPU: Triton's interpreter computes tl.dot on bf16 bit patterns; bf16 runs in tests/gpu"
     ),
 )
 
