@@ -1,0 +1,37 @@
+"""Fusioner (Ma et al., BMVC 2022), the third model family: reference PyTorch model, loader, official inference.
+
+``build_model(preset, checkpoint=..., clip_weights=...)`` → ``Fusioner`` in eval mode;
+``segment(model, image, class_names, SegmentOptions(...))`` → ``FusionerSegmentation``;
+``graphs.WRAPPERS`` / ``graphs.graph_specs(cfg)`` for export. Facts: ``shared/docs/FUSIONER_SPEC.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from cmpf.fusioner.checkpoint import CheckpointError, LoadReport, load_checkpoint
+from cmpf.fusioner.config import PRESETS, FusionerConfig, SegmentOptions, get_config
+from cmpf.fusioner.inference import FusionerSegmentation, TextEmbeddingCache, segment
+from cmpf.fusioner.model import Fusioner, build_architecture
+from cmpf.fusioner.prompts import FusionerInputError
+
+
+def build_model(preset: str | FusionerConfig, checkpoint: Optional[str | Path] = None,
+                clip_weights: Optional[str | Path] = None) -> Fusioner:
+    """Build a Fusioner in eval mode; random weights without files (tests, ``tiny-fusioner``).
+
+    With a file, loading is strict (``load_checkpoint``); the report is kept as ``model.load_report``.
+    """
+    model = build_architecture(get_config(preset))
+    model.load_report = None
+    if checkpoint is not None or clip_weights is not None:
+        model.load_report = load_checkpoint(model, checkpoint, clip_weights)
+    return model.eval()
+
+
+__all__ = [
+    "build_model", "Fusioner", "FusionerConfig", "PRESETS", "get_config", "SegmentOptions", "segment",
+    "FusionerSegmentation", "TextEmbeddingCache", "FusionerInputError", "CheckpointError", "LoadReport",
+    "load_checkpoint",
+]
