@@ -65,7 +65,7 @@ PRESETS: dict[str, FusionerConfig] = {
     "fusioner-vitl14": FusionerConfig("fusioner-vitl14", "ViT-L-14-quickgelu"),
     # same code paths, random weights, CPU-fast: for tests
     "tiny-fusioner": FusionerConfig(
-        "tiny-fusioner", "tiny-vit", clip_embed_dim=32, fusion_width=32, fusion_layers=2, fusion_heads=2
+        "tiny-fusioner", "tiny-vit", clip_embed_dim=32, fusion_width=16, fusion_layers=2, fusion_heads=2
     ),
 }
 
