@@ -11,6 +11,7 @@ or safetensors; OpenAI's TorchScript CLIP archive is read for its tensors only.
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        except Exception as e:  # truncated file, pickle with code, not a torch file ...
-            raise CheckpointError(f"{path}: not a readable weights-only PyTorch file ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200]}); re-save it as torch.save({{'model': "
-                                  f"state_dict}})") from None
+        except pickle.UnpicklingError as e:
+            if "Unsupported global" not in str(e):  # garbage bytes also fail in the weights-only unpickler
+                raise CheckpointError(f"{path}: not a readable PyTorch file (UnpicklingError); check that it "
+                                      f"is a complete torch.save file") from None
+            raise CheckpointError(f"{path}: holds pickled Python objects besides tensors, which weights-only "
+                                  f"loading refuses; re-save it as torch.save({{'model': model.state_dict()}})") from None
+        except Exception as e:  # truncated file, not a torch file ...
+            raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}); check that it is a "
+                                  f"complete torch.save file") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
