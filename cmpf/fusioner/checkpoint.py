@@ -100,7 +100,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"{path}: not a readable PyTorch file (UnpicklingError); check that it "
                                       f"is a complete torch.save file") from None
             raise CheckpointError(f"{path}: holds pickled Python objects besides tensors, which weights-only "
-                                  f"loading refuses; re-save it as torch.save({{'model': model.state_dict()}})") from None
+                                  f"loading refuses; re-save it as torch.save({{'model': model.state_dict()}})"
+                                  ) from None
         except Exception as e:  # truncated file, not a torch file ...
             raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}); check that it is a "
                                   f"complete torch.save file") from None

@@ -126,3 +126,15 @@ def test_module_prefix_and_bare_state_dict(tmp_path, source, target):
     bare = {"module." + k: v for k, v in source.state_dict().items()}
     load_checkpoint(target, _save(tmp_path, "bare.pth", bare))
     _assert_equal_weights(target, source)
+
+
+def test_safetensors_and_torchscript_clip_files(tmp_path, source):
+    """open_clip ships .safetensors; OpenAI's ViT-L-14.pt is a TorchScript archive (tensors read only)."""
+    from safetensors.torch import save_file
+
+    linear = torch.nn.Linear(3, 2)
+    save_file(dict(linear.state_dict()), str(tmp_path / "clip.safetensors"))
+    torch.jit.save(torch.jit.script(linear), str(tmp_path / "clip_jit.pt"))
+    for name in ("clip.safetensors", "clip_jit.pt"):
+        state = read_state_dict(tmp_path / name)
+        assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], linear.weight), name

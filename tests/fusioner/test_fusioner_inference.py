@@ -186,3 +186,11 @@ def test_options_validation():
         SegmentOptions(normalisation="clip")
     assert SegmentOptions().window_stride(224) == 149
     assert SegmentOptions(stride=100).window_stride(224) == 100
+
+
+def test_image_types(tiny_image):
+    from PIL import Image
+
+    expected = normalise(tiny_image)
+    assert torch.equal(normalise(torch.from_numpy(tiny_image)), expected)
+    assert torch.equal(normalise(Image.fromarray(tiny_image)), expected)
