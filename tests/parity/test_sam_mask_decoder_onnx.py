@@ -1,0 +1,96 @@
+"""The ``sam_mask_decoder`` graph: torch.export + ONNX (dynamo) with a dynamic number of points,
+ONNX Runtime vs eager, and the automatic masks through the ONNX Runtime runner.
+
+Traced with 5 points, run with 1, 7 and 70 (labels 1, 0 and -1), on the tiny SAM (256 input).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from cmpf.config import PRESETS  # noqa: E402
+from cmpf.tolerances import REL, mask_iou, rel_error  # noqa: E402
+
+TOL = REL[("onnxruntime", "fp32")]
+CFG = PRESETS["tiny"]
+
+
+@pytest.fixture
+def torchvision_nms(monkeypatch):
+    """As in tests/unit/test_sam_masks.py: use the environment's registered pure-torch NMS."""
+    import torchvision.extension
+
+    if not torchvision.extension._has_ops() and hasattr(torch.ops.torchvision, "nms"):
+        monkeypatch.setattr(torchvision.extension, "_has_ops", lambda: True)
+
+
+def _inputs(n: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    s, grid = CFG.sam.img_size, CFG.sam.img_size // CFG.sam.patch_size
+    labels = torch.ones(n, 1)
+    labels[1::3], labels[2::5] = 0.0, -1.0  # background and ignored points too
+    return {"sam_embedding": torch.randn(1, CFG.sam.out_chans, grid, grid, generator=g),
+            "point_coords": torch.rand(n, 1, 2, generator=g) * s, "point_labels": labels}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from cmpf.export.onnx import export_onnx
+    from cmpf.export.program import export_program
+    from cmpf.model.sam_encoder import build_sam
+    from cmpf.model.sam_mask_decoder import SamMaskDecoder, sam_mask_decoder_spec
+
+    torch.manual_seed(0)
+    sam = build_sam(CFG.sam)
+    module = SamMaskDecoder(sam).eval()
+    spec = sam_mask_decoder_spec(CFG)
+    program = export_program(module, spec, _inputs(5, seed=0))
+    path = export_onnx(program, spec, tmp_path_factory.mktemp("sam_mask_decoder") / "sam_mask_decoder.fp32.onnx")[0]
+    return sam, module, spec, program, path
+
+
+def test_onnx_dims_are_named_and_dynamic(exported):
+    *_, spec, _, path = exported
+    model = onnx.load(str(path))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(model.graph.input) + list(model.graph.output)}
+    assert dims == {t.name: list(t.dims) for t in spec.inputs + spec.outputs}
+
+
+@pytest.mark.parametrize("n", [1, 7, 70])
+def test_onnxruntime_matches_eager(exported, n):
+    from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    _, module, spec, program, path = exported
+    inputs = _inputs(n, seed=n)
+    eager = dict(zip(spec.output_names, module(*(inputs[k] for k in spec.input_names))))
+    ort = OnnxRuntimeRunner(path, spec)(inputs)
+    traced = dict(zip(spec.output_names, program.module()(*(inputs[k] for k in spec.input_names))))
+    for name, ref in eager.items():
+        assert ort[name].shape == ref.shape == (n, *spec.outputs[spec.output_names.index(name)].dims[1:])
+        assert rel_error(ort[name], ref) < TOL, name
+        assert rel_error(traced[name], ref) < REL[("torch", "fp32")], name
+    assert mask_iou(ort["mask_logits"].numpy() > 0, eager["mask_logits"].numpy() > 0) > 0.99
+
+
+def test_automatic_masks_through_onnxruntime(exported, torchvision_nms):
+    """The same generator on the ONNX Runtime runner and on the eager wrapper: same masks."""
+    from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from cmpf.sam_masks import SamFrame, SamMaskOptions, generate_masks_from_embedding
+
+    sam, module, spec, _, path = exported
+    ort = OnnxRuntimeRunner(path, spec)
+    eager = lambda x: dict(zip(spec.output_names, module(*(x[k] for k in spec.input_names))))  # noqa: E731
+    embedding = _inputs(1, seed=3)["sam_embedding"]
+    frame = SamFrame.predictor((60, 80), CFG.sam.img_size)
+    options = SamMaskOptions(points_per_side=6, points_per_batch=13, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                             box_nms_thresh=1.0)  # random weights: keep every candidate
+    a = generate_masks_from_embedding(ort, embedding, frame, options)
+    b = generate_masks_from_embedding(eager, embedding, frame, options)
+    assert len(a) == len(b) > 0
+    assert rel_error(a.logits, b.logits) < TOL and rel_error(a.predicted_iou, b.predicted_iou) < TOL
+    assert mask_iou(a.masks.numpy(), b.masks.numpy()) > 0.99
