@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from cmpf.fusioner.checkpoint import CheckpointError, LoadReport, load_checkpoint
 from cmpf.fusioner.config import PRESETS, FusionerConfig, SegmentOptions, get_config
 from cmpf.fusioner.inference import FusionerSegmentation, TextEmbeddingCache, segment
@@ -23,10 +25,16 @@ def build_model(preset: str | FusionerConfig, checkpoint: Optional[str | Path] =
 
     With a file, loading is strict (``load_checkpoint``); the report is kept as ``model.load_report``.
     """
-    model = build_architecture(get_config(preset))
-    model.load_report = None
-    if checkpoint is not None or clip_weights is not None:
-        model.load_report = load_checkpoint(model, checkpoint, clip_weights)
+    cfg = get_config(preset)
+    if checkpoint is None and clip_weights is None:
+        model = build_architecture(cfg)
+        model.load_report = None
+        return model
+    # no random init (7 s for ViT-L): the strict load below overwrites every tensor, or raises
+    with torch.device("meta"):
+        model = build_architecture(cfg)
+    model = model.to_empty(device="cpu")
+    model.load_report = load_checkpoint(model, checkpoint, clip_weights)
     return model.eval()
 
 

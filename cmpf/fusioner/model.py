@@ -53,12 +53,14 @@ class ClipTextTower(nn.Module):
         self.transformer = clip.transformer
         self.token_embedding = clip.token_embedding
         self.ln_final = clip.ln_final
-        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)  # causal, -inf above the diagonal
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """(P, 77) int64 token ids → (P, D) un-normalised embeddings (the EOT token, projected)."""
         x = self.token_embedding(token_ids) + self.positional_embedding
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        n = x.shape[1]
+        # causal mask, -inf above the diagonal; built here, not kept as a buffer (not in the state dict)
+        causal = torch.full((n, n), float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
+        x = self.transformer(x, attn_mask=causal)
         x = self.ln_final(x)
         # EOT (49407) is the largest id, so argmax finds it (``CL:clip/model.py::encode_text``)
         x = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]

@@ -27,14 +27,16 @@ def synthetic_tensor(key: str, shape: tuple[int, ...], fill: str) -> torch.Tenso
     g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")) & 0x7FFFFFFF)
     r = torch.randn(shape, generator=g, dtype=torch.float32)
     if fill == "randn002":
-        return 0.02 * r
+        return r.mul_(0.02)
     if fill == "one_plus_randn002":  # every LayerNorm weight
-        return 1 + 0.02 * r
+        return r.mul_(0.02).add_(1)
     raise ValueError(f"unknown fill rule {fill!r} for {key}")
 
 
 def sha256_16(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().astype("<f4").tobytes()).hexdigest()[:16]
+    """First 16 hex digits of sha256 over the C-contiguous little-endian float32 bytes."""
+    a = np.ascontiguousarray(t.numpy(), dtype="<f4")  # no copy for a contiguous float32 tensor on x86
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()[:16]
 
 
 def synthetic_state_dict() -> tuple[dict[str, torch.Tensor], list[str]]:
