@@ -1,4 +1,4 @@
-"""Fusioner (Ma et al., BMVC 2022), the third model family: reference PyTorch model, loader, official inference.
+"""Fusioner (arXiv 2210.15138), the third model family: reference PyTorch model, strict loader, official inference.
 
 ``build_model(preset, checkpoint=..., clip_weights=...)`` → ``Fusioner`` in eval mode;
 ``segment(model, image, class_names, SegmentOptions(...))`` → ``FusionerSegmentation``;
