@@ -364,7 +364,8 @@ def load_masks(path: str | Path, image_size: tuple[int, int]) -> SamMasks:
         got = masks.shape[1:]
         raise MasksFileError(f"{path}: masks are {got[0]}x{got[1]} but the image is {image_size[0]}x{image_size[1]}")
     n = masks.shape[0]
-    return SamMasks(masks=masks, logits=logits, predicted_iou=_record_values(path, records, "predicted_iou", n, 1)[:, 0],
+    return SamMasks(masks=masks, logits=logits,
+                    predicted_iou=_record_values(path, records, "predicted_iou", n, 1)[:, 0],
                     stability_score=_record_values(path, records, "stability_score", n, 1)[:, 0],
                     boxes=_xywh(batched_mask_to_box(masks)).float(),
                     point_coords=_record_values(path, records, "point_coords", n, 2),  # [[x, y]] per record
