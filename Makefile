@@ -22,9 +22,11 @@ demo: setup
 	$(BIN)/cmpf demo --out demo_out
 
 test: setup
+	$(BIN)/lint-imports --no-cache  # the import contracts of .importlinter
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not gpu and not trt and not slow" tests
 
 test-all: setup
+	$(BIN)/lint-imports --no-cache
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
 
 clean:

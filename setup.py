@@ -23,7 +23,7 @@ setup(
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "trt": ["tensorrt"],
-        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton"],
+        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter"],
     },
     entry_points={"console_scripts": ["cmpf=cmpf.cli:main"]},
 )

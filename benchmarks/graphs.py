@@ -28,13 +28,14 @@ from cmpf.bench.parity import capture_graph_inputs, format_table, graph_parity
 from cmpf.bench.stages import time_graphs
 from cmpf.demo import DEMO_CLASSES, SAMPLE_IMAGE
 from cmpf.export.aoti import export_aoti
-from cmpf.export.graphs import graph_module, model_specs
+from cmpf.model.graphs import graph_module, model_specs
 from cmpf.export.manifest import producer_versions
 from cmpf.export.onnx import export_onnx
 from cmpf.export.program import TraceSizes, example_inputs, export_program
 from cmpf.model import build_model
-from cmpf.outputs import atomic_write, write_json
-from cmpf.pipeline import PipelineOptions
+from cmpf.config import default_options
+from cmpf.io import write_json, write_text
+from cmpf.predictor import options_with
 from cmpf.preprocess import load_image
 from cmpf.runtime.torch_runner import torch_runners
 from cmpf.vocabulary import parse_class_list
@@ -93,7 +94,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_model(args.model, args.checkpoint)
-    options = PipelineOptions(min_size=args.min_size, max_size=args.max_size)
+    options = options_with(default_options(model.cfg), min_size=args.min_size, max_size=args.max_size)
     vocab = parse_class_list(DEMO_CLASSES)
     eager = torch_runners(model)
     inputs = capture_graph_inputs(eager, [load_image(SAMPLE_IMAGE)], vocab, model.cfg, options)
@@ -144,7 +145,7 @@ def markdown(report: dict) -> str:
 
 def write_markdown(report: dict) -> str:
     table = markdown(report)
-    atomic_write(RESULTS / f"graphs_{report['model']}.md", lambda tmp: Path(tmp).write_text(table))
+    write_text(RESULTS / f"graphs_{report['model']}.md", table)
     return table
 
 

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from cmpf.errors import InputError
+
 # Official normalisations of the RGB 0-255 input (MODEL_SPEC.md fact 2).
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
@@ -43,10 +45,11 @@ SAM_VIT_B = SamConfig()
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and inference constants of one CMPF / FC-CLIP model.
+    """Architecture of one CMPF / FC-CLIP model: what defines the network and its weights.
 
     ``clip_model`` is an open_clip architecture name (``convnext_large_d_320``, ``RN50x64``) or one of
-    cmpf's small test towers (``tiny-convnext``, ``tiny-rn``). ``sam=None`` gives FC-CLIP.
+    cmpf's small test towers (``tiny-convnext``, ``tiny-rn``). ``sam=None`` gives FC-CLIP. What a run
+    chooses (sizes, thresholds, ensemble weights) is ``InferenceOptions``.
     """
 
     name: str
@@ -61,16 +64,7 @@ class ModelConfig:
     enc_layers: int = 6
     enc_dim_feedforward: int = 1024
     enc_points: int = 4
-    # inference
-    ensemble_alpha: float = 0.4
-    ensemble_beta: float = 0.8
-    ensemble_on_valid_mask: bool = False
-    object_mask_threshold: float = 0.0
-    overlap_threshold: float = 0.8
-    test_topk_per_image: int = 100
-    min_size_test: int = 800
-    max_size_test: int = 1333
-    size_divisibility: int = 32
+    size_divisibility: int = 32  # the padded CLIP input is a multiple of this (CLIP's stride)
     # kernels: the torch reference paths or the Triton kernels (cmpf.kernels)
     attention_impl: KernelImpl = "torch"
     mask_pooling_impl: KernelImpl = "torch"
@@ -103,6 +97,57 @@ class ModelConfig:
         return "convnext" if "convnext" in self.clip_model.lower() else "resnet"
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What one run chooses: input size, ensemble weights, post-processing thresholds, seen classes.
+
+    The official test values are the defaults (MODEL_SPEC.md §1.1, §6.3, §8); benchmarks override
+    sizes and thresholds (``cmpf.data.registry.DatasetSpec``). ``seen`` holds the synonyms of the
+    training vocabulary: a class of the run's vocabulary is *seen* (ensemble weight α, else β) when
+    one of its synonyms is among them (MODEL_SPEC.md §6.2); empty = every class unseen.
+    """
+
+    resize: bool = True  # official ResizeShortestEdge; False feeds the image as is
+    min_size: int = 800  # short side of the resized image
+    max_size: int = 1333  # cap of its long side
+    ensemble_alpha: float = 0.4  # in-vocabulary weight for seen classes
+    ensemble_beta: float = 0.8  # ... for unseen classes
+    ensemble_on_valid_mask: bool = False  # RN50x64: weights only where the pooled mask is valid
+    object_mask_threshold: float = 0.0  # panoptic: minimum query score
+    overlap_threshold: float = 0.8  # panoptic: minimum kept fraction of a mask
+    topk: int = 100  # instances per image
+    text_batch: int = 128  # prompts per text-encoder call
+    seen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_size < 1 or self.max_size < self.min_size:
+            raise ValueError(f"sizes must satisfy 1 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        if self.topk < 1 or self.text_batch < 1:
+            raise ValueError("topk and text_batch must be >= 1")
+        if isinstance(self.seen, (list, set, frozenset)):
+            object.__setattr__(self, "seen", tuple(sorted(self.seen)))
+
+    def seen_mask(self, classes: tuple[tuple[str, ...], ...]) -> list[bool]:
+        """Per class (tuples of synonyms): True when any synonym is in ``seen``."""
+        seen = set(self.seen)
+        return [not seen.isdisjoint(synonyms) for synonyms in classes]
+
+    def with_seen(self, train_classes: tuple[tuple[str, ...], ...]) -> "InferenceOptions":
+        """These options with ``seen`` = every synonym of a training vocabulary's classes."""
+        return dataclasses.replace(self, seen=tuple(sorted({s for syns in train_classes for s in syns})))
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "seen": list(self.seen)}
+
+    @staticmethod
+    def from_json(data: dict) -> "InferenceOptions":
+        known = {f.name for f in dataclasses.fields(InferenceOptions)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"inference options have fields this cmpf does not know: {unknown}")
+        return InferenceOptions(**{**data, "seen": tuple(data.get("seen", ()))})
+
+
 _TINY_SAM = SamConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), out_chans=64, img_size=256)
 _TINY = dict(
     hidden_dim=64,
@@ -110,23 +155,36 @@ _TINY = dict(
     dim_feedforward=128,
     enc_layers=2,
     enc_dim_feedforward=128,
-    test_topk_per_image=20,
     sam=_TINY_SAM,
 )
 
 PRESETS: dict[str, ModelConfig] = {
     "frozenseg-convnext-large": ModelConfig("frozenseg-convnext-large", "convnext_large_d_320"),
-    "frozenseg-rn50x64": ModelConfig(
-        "frozenseg-rn50x64", "RN50x64", clip_quick_gelu=True, ensemble_on_valid_mask=True
-    ),
+    "frozenseg-rn50x64": ModelConfig("frozenseg-rn50x64", "RN50x64", clip_quick_gelu=True),
     "fcclip-convnext-large": ModelConfig("fcclip-convnext-large", "convnext_large_d_320", sam=None),
-    "fcclip-rn50x64": ModelConfig(
-        "fcclip-rn50x64", "RN50x64", clip_quick_gelu=True, sam=None, ensemble_on_valid_mask=True
-    ),
+    "fcclip-rn50x64": ModelConfig("fcclip-rn50x64", "RN50x64", clip_quick_gelu=True, sam=None),
     "tiny": ModelConfig("tiny", "tiny-convnext", **_TINY),
-    "tiny-rn": ModelConfig("tiny-rn", "tiny-rn", clip_quick_gelu=True, ensemble_on_valid_mask=True, **_TINY),
+    "tiny-rn": ModelConfig("tiny-rn", "tiny-rn", clip_quick_gelu=True, **_TINY),
     "tiny-fcclip": ModelConfig("tiny-fcclip", "tiny-convnext", **{**_TINY, "sam": None}),
 }
+
+# The official inference settings that differ per preset: RN50x64 towers ensemble only where the
+# pooled mask is valid (their attention pool sees invalid cells); the tiny presets keep 20 instances.
+_RN_OPTIONS = InferenceOptions(ensemble_on_valid_mask=True)
+_TINY_OPTIONS = InferenceOptions(topk=20)
+PRESET_OPTIONS: dict[str, InferenceOptions] = {
+    "frozenseg-rn50x64": _RN_OPTIONS,
+    "fcclip-rn50x64": _RN_OPTIONS,
+    "tiny": _TINY_OPTIONS,
+    "tiny-rn": dataclasses.replace(_RN_OPTIONS, topk=20),
+    "tiny-fcclip": _TINY_OPTIONS,
+}
+
+
+def default_options(model: str | ModelConfig) -> InferenceOptions:
+    """The official inference options of a preset (``InferenceOptions()`` for other configs)."""
+    name = model.name if isinstance(model, ModelConfig) else model
+    return PRESET_OPTIONS.get(name, InferenceOptions())
 
 
 def get_config(preset: str | ModelConfig, **overrides) -> ModelConfig:
@@ -136,5 +194,5 @@ def get_config(preset: str | ModelConfig, **overrides) -> ModelConfig:
     elif preset in PRESETS:
         cfg = PRESETS[preset]
     else:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     return dataclasses.replace(cfg, **overrides) if overrides else cfg

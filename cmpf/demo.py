@@ -16,8 +16,9 @@ import torch
 
 from cmpf.bench.parity import ParityRow, format_table, graph_parity, record_pipeline
 from cmpf.bench.stages import time_graphs
+from cmpf.backend import Backend
 from cmpf.outputs import write_segmentation
-from cmpf.pipeline import PipelineOptions, segment
+from cmpf.predictor import ModelSource, load_predictor
 from cmpf.preprocess import load_image
 from cmpf.vocabulary import parse_class_list
 
@@ -48,17 +49,19 @@ class DemoResult:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Export (unless ``cfg.artifacts``), run, compare, and print the table."""
-    from cmpf.runtime import load_artifacts
-
     out = Path(cfg.out_dir)
     artifacts = Path(cfg.artifacts) if cfg.artifacts else _export(cfg, out / "artifacts")
-    eager, model_cfg = load_artifacts(artifacts, "torch")
-    backends = {"onnxruntime": load_artifacts(artifacts, "onnxruntime")[0]}
+    source = ModelSource(artifacts=str(artifacts))
+    predictors = {b: load_predictor(source, b) for b in (Backend.TORCH, Backend.ONNXRUNTIME)}
     if cfg.aoti:
-        backends["aoti"] = load_artifacts(artifacts, "aoti")[0]
+        predictors[Backend.AOTI] = load_predictor(source, Backend.AOTI)
+    reference = predictors.pop(Backend.TORCH)
+    eager = reference.runners
+    backends = {str(b): p.runners for b, p in predictors.items()}
     image = load_image(SAMPLE_IMAGE)
     vocab = parse_class_list(DEMO_CLASSES, things=DEMO_THINGS)
-    ref, inputs = record_pipeline(eager, [image], vocab, model_cfg)  # the eager segmentation + graph inputs
+    # the eager segmentation and the inputs every graph received
+    ref, inputs = record_pipeline(eager, [image], vocab, reference.cfg, reference.options)
     rows, table_rows = [], []
     timings = {"torch": {t.stage: t.timing for t in time_graphs(eager, inputs, warmup=1, iters=cfg.iters)}}
     for name, runners in backends.items():
@@ -69,8 +72,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         for name in backends:
             errors = [r.rel_error for r in rows if r.graph == graph and r.backend == name]
             table_rows.append([graph, name, max(errors), f"{timings[name][graph].median_ms:.1f}"])
-    seen = [False] * len(vocab)  # as record_pipeline
-    ours = segment([image], vocab, backends["onnxruntime"], model_cfg, seen, PipelineOptions()).segmentations[0]
+    ours = predictors[Backend.ONNXRUNTIME].segment([image], vocab).segmentations[0]
     agreement = float((ours.semantic_labels == ref.segmentations[0].semantic_labels).float().mean())
     written = list(write_segmentation(ours, image, out / "segmentation", "sample").values())
     table = format_table(["graph", "backend", "max rel. error", "ms / call"], table_rows)

@@ -6,40 +6,15 @@ interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from cmpf.codecs import encode_rle, id2rgb
+from cmpf.io import atomic_write, write_json
 from cmpf.postprocess import Segmentation
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``; the temp file is removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json(path: str | Path, data) -> Path:
-    def _w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-    return atomic_write(path, _w)
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
@@ -50,19 +25,6 @@ def palette(n: int) -> np.ndarray:
     """Deterministic distinct colours (n, 3) uint8."""
     rng = np.random.default_rng(12345)
     return rng.integers(40, 256, size=(max(n, 1), 3), dtype=np.uint8)
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic encoding: id = R + 256 G + 256² B."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def write_segmentation(seg: Segmentation, image: torch.Tensor, out_dir: str | Path, stem: str,
@@ -78,7 +40,7 @@ def write_segmentation(seg: Segmentation, image: torch.Tensor, out_dir: str | Pa
     files = {
         "semantic": _write_png(out_dir / f"{stem}_semantic.png", labels.astype(dtype)),
         "overlay": _write_png(out_dir / f"{stem}_overlay.png", overlay),
-        "panoptic_png": _write_png(out_dir / f"{stem}_panoptic.png", id_to_rgb(panoptic)),
+        "panoptic_png": _write_png(out_dir / f"{stem}_panoptic.png", id2rgb(panoptic)),
     }
     segments = [{"id": s["id"], "category_id": s["category_id"], "iscrowd": 0, "isthing": s["isthing"],
                  "area": s["area"], "category_name": seg.class_names[s["category_id"]]} for s in seg.segments]
@@ -105,7 +67,8 @@ def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmen
     arrays["instance_classes"] = seg.instance_classes.cpu().numpy()
     arrays["instance_masks"] = seg.instance_masks.cpu().numpy().astype(bool)
 
-    def _w(tmp):
-        with open(tmp, "wb") as f:
+    def savez(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **arrays)
-    return atomic_write(path, _w)
+
+    return atomic_write(path, savez)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cmpf.config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from cmpf.errors import InputError
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input image that cannot be used, with the reason."""
 
 

@@ -10,77 +10,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from tqdm import tqdm
 
+from cmpf.backend import Backend
 from cmpf.outputs import dump_tensors, write_segmentation
-from cmpf.pipeline import PipelineOptions, TextCache, segment
+from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.preprocess import load_image
-from cmpf.vocabulary import Vocabulary, VocabularyError, load_vocabulary_file, parse_class_list
+from cmpf.vocabulary import load_vocabulary, load_vocabulary_file
 
 
 @dataclass(frozen=True)
 class RunConfig:
     images: tuple[str, ...]
     out_dir: str
-    model: Optional[str] = None
-    checkpoint: Optional[str] = None
-    clip_weights: Optional[str] = None
-    sam_weights: Optional[str] = None
-    artifacts: Optional[str] = None
-    backend: str = "onnxruntime"
-    vocab: Optional[str] = None
+    source: ModelSource
+    backend: Optional[Backend] = None  # default: onnxruntime for artifacts, torch for a preset
+    vocab: Optional[str] = None  # default (with --artifacts): the vocabulary recorded at export
     classes: Optional[str] = None
     things: Optional[str] = None
-    train_vocab: Optional[str] = None
-    resize: bool = True
+    train_vocab: Optional[str] = None  # default (with --artifacts): the export's seen classes
+    resize: Optional[bool] = None  # None: the model's default (the official resize)
     dump_tensors: Optional[str] = None
     device: str = "cpu"
-
-
-def load_vocabularies(cfg: RunConfig) -> tuple[Vocabulary, list[bool]]:
-    things = [t.strip() for t in cfg.things.split(";") if t.strip()] if cfg.things else None
-    if (cfg.vocab is None) == (cfg.classes is None):
-        raise VocabularyError("give exactly one of --vocab FILE or --classes 'cat;dog,puppy;sky'")
-    vocab = load_vocabulary_file(cfg.vocab, things) if cfg.vocab else parse_class_list(cfg.classes, things)
-    if cfg.train_vocab:
-        seen = vocab.seen_mask(load_vocabulary_file(cfg.train_vocab))
-    else:
-        seen = [False] * len(vocab)  # no training vocabulary: every class is ensembled as unseen
-    return vocab, seen
-
-
-def build_runners(cfg: RunConfig):
-    """The graph runners and the model config, from a checkpoint (eager) or exported artifacts."""
-    if cfg.artifacts:
-        from cmpf.runtime import load_artifacts  # noqa: PLC0415 (issue 3 runtime)
-
-        return load_artifacts(cfg.artifacts, cfg.backend, cfg.device)
-    if cfg.model is None:
-        raise ValueError("give --model PRESET (with --checkpoint) or --artifacts DIR")
-    from cmpf.model import build_model
-    from cmpf.runtime.torch_runner import torch_runners
-
-    model = build_model(cfg.model, cfg.checkpoint, cfg.clip_weights, cfg.sam_weights).to(cfg.device)
-    if model.load_report is not None:
-        print("weights:\n" + model.load_report.summary())
-    else:
-        print(f"warning: no --checkpoint: {cfg.model} runs with random weights")
-    return torch_runners(model), model.cfg
 
 
 def run(cfg: RunConfig) -> list[Path]:
     """Segment every image and write the result files; returns the paths written."""
     images = [load_image(p) for p in cfg.images]  # fail early on any bad image
-    vocab, seen = load_vocabularies(cfg)
-    runners, model_cfg = build_runners(cfg)
-    options = PipelineOptions(resize=cfg.resize)
-    text = TextCache().get(vocab, runners["text_encoder"])
+    vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
+    predictor = load_predictor(cfg.source, cfg.backend, cfg.device)
+    _report_weights(predictor, cfg.source)
+    vocabulary = predictor.resolve_vocabulary(vocabulary)
+    options = options_with(predictor.options, resize=cfg.resize)
+    if cfg.train_vocab:
+        options = options.with_seen(load_vocabulary_file(cfg.train_vocab).classes)
     written: list[Path] = []
     for i, (path, image) in enumerate(tqdm(list(zip(cfg.images, images)), desc="segment", unit="img")):
-        result = segment([image], vocab, runners, model_cfg, seen, options, text=text, device=cfg.device)
+        result = predictor.segment([image], vocabulary, options)
         seg = result.segmentations[0]
         written += write_segmentation(seg, image, cfg.out_dir, Path(path).stem, image_id=Path(path).stem).values()
         if cfg.dump_tensors and i == 0:
             written.append(dump_tensors(cfg.dump_tensors, result.tensors, seg))
     return written
+
+
+def _report_weights(predictor: Predictor, source: ModelSource) -> None:
+    if source.artifacts:
+        return
+    if predictor.load_report is not None:
+        print("weights:\n" + predictor.load_report.summary())
+    else:
+        print(f"warning: no --checkpoint: {source.model} runs with random weights")

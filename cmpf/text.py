@@ -9,13 +9,13 @@ laid out as (K, S, D) with a (K, S) mask of valid synonyms, so that "max over sy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from cmpf.spec import CONTEXT_LENGTH
 from cmpf.vocabulary import VILD_PROMPT, Vocabulary
-
-CONTEXT_LENGTH = 77
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,36 @@ def from_synonym_embeddings(synonyms: torch.Tensor, num_synonyms: list[int]) -> 
         mask[i, :n] = True
         start += n
     return TextClassifier(emb, mask)
+
+
+def encode_vocabulary(vocabulary: Vocabulary, encode: Callable[[torch.Tensor], torch.Tensor],
+                      batch: int = 128, device: torch.device | str = "cpu") -> TextClassifier:
+    """Tokenise every prompt of ``vocabulary`` and encode them ``batch`` at a time.
+
+    Args:
+        encode: (P, 77) int64 token ids → (P, D) prompt embeddings (the text tower or its graph).
+    """
+    tokens = tokenize(vocabulary.prompts()).to(device)
+    feats = torch.cat([encode(tokens[i:i + batch]) for i in range(0, tokens.shape[0], batch)])
+    return from_synonym_embeddings(synonym_embeddings(feats), vocabulary.num_synonyms)
+
+
+class TextCache:
+    """Text classifiers per vocabulary for one text-encoder runner: it runs once per vocabulary."""
+
+    def __init__(self, runner, batch: int = 128):
+        self.runner, self.batch = runner, batch
+        self._cache: dict[tuple, TextClassifier] = {}
+
+    def get(self, vocabulary: Vocabulary) -> TextClassifier:
+        if vocabulary.classes not in self._cache:
+            encode = lambda tokens: self.runner({"token_ids": tokens})["text_features"]  # noqa: E731
+            self._cache[vocabulary.classes] = encode_vocabulary(vocabulary, encode, self.batch)
+        return self._cache[vocabulary.classes]
+
+    def put(self, vocabulary: Vocabulary, classifier: TextClassifier) -> None:
+        """Use a precomputed classifier for ``vocabulary`` (e.g. stored reference embeddings)."""
+        self._cache[vocabulary.classes] = classifier
 
 
 def classification_logits(

@@ -1,4 +1,4 @@
-"""Vocabularies: class names with synonyms, thing/stuff flags, and the seen-class mask.
+"""Vocabularies: class names with synonyms and thing/stuff flags (the seen set is ``InferenceOptions.seen``).
 
 Reads the official ``id:syn1,syn2,...`` files (``*_with_prompt_eng.txt``) and inline lists
 (``"cat;dog,puppy;sky"``: classes separated by ``;``, synonyms by ``,``). No torch model code here:
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+
+from cmpf.errors import InputError
 
 # The 14 ViLD prompts (FZ:frozenseg/frozenseg.py VILD_PROMPT), in the official order.
 VILD_PROMPT = (
@@ -46,7 +48,7 @@ THING_INDICES = {
 THING_VOCAB_SIZES = {"ade20k-150": 150, "coco-panoptic": 133, "cityscapes": 19}
 
 
-class VocabularyError(ValueError):
+class VocabularyError(InputError):
     """A vocabulary that cannot be used (empty, duplicated names, unreadable file)."""
 
 
@@ -86,11 +88,6 @@ class Vocabulary:
     def prompts(self) -> list[str]:
         """All prompts, class-major then synonym then template (the official order)."""
         return [t.format(s) for syns in self.classes for s in syns for t in VILD_PROMPT]
-
-    def seen_mask(self, train_vocab: "Vocabulary") -> list[bool]:
-        """A class is seen if any of its synonyms exactly matches any training synonym (§6.2)."""
-        train = {s for syns in train_vocab.classes for s in syns}
-        return [not train.isdisjoint(syns) for syns in self.classes]
 
     def to_json(self) -> dict:
         return {"classes": [list(c) for c in self.classes], "is_thing": list(self.is_thing)}
@@ -152,3 +149,26 @@ def load_vocabulary_file(path: str | Path, things: Optional[Iterable[str]] = Non
         raise VocabularyError(f"empty vocabulary: {path} has no classes")
     names = [c[0] for c in classes]
     return Vocabulary(tuple(classes), _thing_flags(names, things, True))
+
+
+def parse_things(text: Optional[str]) -> Optional[list[str]]:
+    """``--things 'cat;dog'`` (or an official split name) → names; None keeps every class a thing."""
+    return [t.strip() for t in text.split(";") if t.strip()] if text else None
+
+
+def load_vocabulary(vocab: Optional[str] = None, classes: Optional[str] = None, things: Optional[str] = None,
+                    *, required: bool = True) -> Optional[Vocabulary]:
+    """The vocabulary of ``--vocab FILE`` or ``--classes 'cat;dog,puppy'`` (at most one), with ``--things``.
+
+    Returns None when neither is given and ``required`` is False.
+    """
+    if vocab is not None and classes is not None:
+        raise VocabularyError("give one of --vocab FILE and --classes 'cat;dog,puppy;sky', not both")
+    if vocab is None and classes is None:
+        if required:
+            raise VocabularyError("no vocabulary: give --vocab FILE or --classes 'cat;dog,puppy;sky'")
+        if things:
+            raise VocabularyError("--things needs a vocabulary (--vocab FILE or --classes LIST)")
+        return None
+    names = parse_things(things)
+    return load_vocabulary_file(vocab, names) if vocab is not None else parse_class_list(classes, names)

@@ -52,3 +52,17 @@ def tiny_export(formats: tuple[str, ...] = ("onnx",), graphs: tuple[str, ...] | 
 def copy_of(directory: Path, tmp_path: Path) -> Path:
     """A private copy of an artifact directory, safe to tamper with."""
     return Path(shutil.copytree(directory, tmp_path / directory.name))
+
+
+def artifact(directory: Path, graph: str, fmt: str):
+    """The verified file of one graph (``Manifest.artifact``)."""
+    from cmpf.manifest import Manifest
+
+    return Manifest.read(directory).artifact(graph, fmt)
+
+
+def predictor(directory: Path, backend: str):
+    """Every graph of an artifact directory on one backend, through the one resolver."""
+    from cmpf.predictor import ModelSource, load_predictor
+
+    return load_predictor(ModelSource(artifacts=str(directory)), backend)

@@ -7,8 +7,11 @@ does not exist`` and every package that imports torchvision (open_clip, segment-
 
 This hook waits until something imports ``torchvision``; only then (torch is not imported at
 interpreter start) it tries to load the real extension and, only when that fails, defines the two
-operator schemas torchvision registers fake kernels for, with a pure-torch NMS behind ``nms``.
-It never touches the model code and does nothing when torchvision's extension loads.
+operator schemas torchvision registers fake kernels for, with a pure-torch NMS behind ``nms``, and
+once torchvision has imported, tells ``torchvision.extension`` that its ops exist so that
+``torchvision.ops.nms`` (used by segment-anything's mask generator) reaches that NMS. Other
+torchvision C++ ops stay unavailable. It never touches the model code and does nothing when
+torchvision's extension loads.
 """
 
 import importlib.abc
@@ -36,14 +39,15 @@ def _nms(dets, scores, iou_threshold):
     return torch.tensor(keep, dtype=torch.long)
 
 
-def _install_fallback(package_dir):
+def _install_fallback(package_dir) -> bool:
+    """Define the fallback ops unless the real extension loads; returns whether it did."""
     import torch
 
     for name in os.listdir(package_dir):
         if name.startswith("_C") and name.endswith(".so"):
             try:
                 torch.ops.load_library(os.path.join(package_dir, name))
-                return  # the real extension works: nothing to do
+                return False  # the real extension works: nothing to do
             except OSError:
                 break
     lib = torch.library.Library("torchvision", "DEF")
@@ -51,6 +55,23 @@ def _install_fallback(package_dir):
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.impl("nms", _nms, "CPU")
     _install_fallback.lib = lib  # keep the registration alive
+    return True
+
+
+class _AfterImport(importlib.abc.Loader):
+    """Runs torchvision's own loader, then marks its (fallback) ops as present."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        import torchvision.extension
+
+        torchvision.extension._has_ops = lambda: True  # torchvision.ops.nms checks this first
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -60,7 +81,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.submodule_search_locations:
-            _install_fallback(list(spec.submodule_search_locations)[0])
+            if _install_fallback(list(spec.submodule_search_locations)[0]):
+                spec.loader = _AfterImport(spec.loader)
         return spec
 
 

@@ -2,8 +2,8 @@
 
 ``capture_graph_inputs`` runs ``cmpf.pipeline.segment`` once with the reference runners and keeps
 the inputs each graph received; ``graph_parity`` feeds the same inputs to both sides and reports
-the L2-relative error of every output against ``REL_TOLERANCE`` (the values of ``tests/tolerances.py``,
-kept equal by a unit test). Masks are compared by IoU of their binarised logits.
+the L2-relative error of every output against the fp32 bound of ``cmpf.tolerances`` (the table the
+tests use). Masks are compared by IoU of their binarised logits.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Mapping
 
 import torch
 
-from cmpf.config import ModelConfig
-from cmpf.pipeline import PipelineOptions, PipelineResult, segment
+from cmpf.config import InferenceOptions, ModelConfig
+from cmpf.pipeline import PipelineResult, segment
 from cmpf.runtime.base import Runner
+from cmpf.tolerances import mask_iou, max_abs_error, rel_error, rel_tolerance
 from cmpf.vocabulary import Vocabulary
 
-REL_TOLERANCE = {"torch": 1e-5, "onnxruntime": 1e-4, "aoti": 1e-4}  # fp32, L2-relative
 MASK_OUTPUTS = ("pred_masks",)
 
 
@@ -39,17 +39,17 @@ class RecordingRunner:
 
 
 def record_pipeline(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
-                    cfg: ModelConfig, options: PipelineOptions = PipelineOptions(),
+                    cfg: ModelConfig, options: InferenceOptions = InferenceOptions(),
                     device: str | torch.device = "cpu") -> tuple[PipelineResult, dict[str, dict[str, torch.Tensor]]]:
-    """Segment ``images`` (every class unseen) and keep the inputs each graph received (the text
-    encoder's first call: the first ``options.text_batch`` prompts)."""
+    """Segment ``images`` and keep the inputs each graph received (the text encoder's first call:
+    the first ``options.text_batch`` prompts)."""
     recorders = {g: RecordingRunner(r) for g, r in runners.items()}
-    result = segment(images, vocabulary, recorders, cfg, [False] * len(vocabulary), options, device=device)
+    result = segment(images, vocabulary, recorders, cfg, options, device=device)
     return result, {g: r.inputs for g, r in recorders.items() if r.inputs is not None}
 
 
 def capture_graph_inputs(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
-                         cfg: ModelConfig, options: PipelineOptions = PipelineOptions(),
+                         cfg: ModelConfig, options: InferenceOptions = InferenceOptions(),
                          device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
     """The inputs of every graph when the pipeline segments ``images`` (see ``record_pipeline``)."""
     return record_pipeline(runners, images, vocabulary, cfg, options, device)[1]
@@ -73,11 +73,6 @@ class ParityRow:
         return {**asdict(self), "ok": self.ok}
 
 
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    a, b = actual.detach().double().cpu(), expected.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner],
                  inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> list[ParityRow]:
     """One row per graph output: ``candidate[g](inputs[g])`` against ``reference[g](inputs[g])``."""
@@ -89,13 +84,9 @@ def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner
             got = actual[name]
             if got.shape != ref.shape:
                 raise ValueError(f"{graph}.{name}: {backend} shape {tuple(got.shape)}, eager {tuple(ref.shape)}")
-            iou = None
-            if name in MASK_OUTPUTS:
-                a, b = got.cpu() > 0, ref.cpu() > 0
-                union = (a | b).sum().item()
-                iou = 1.0 if union == 0 else (a & b).sum().item() / union
-            max_abs = float((got.detach().double().cpu() - ref.detach().double().cpu()).abs().max())
-            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs, REL_TOLERANCE[backend], iou))
+            iou = mask_iou(got.cpu() > 0, ref.cpu() > 0) if name in MASK_OUTPUTS else None
+            rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs_error(got, ref),
+                                  rel_tolerance(backend), iou))
     return rows
 
 

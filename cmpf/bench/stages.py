@@ -14,10 +14,10 @@ import torch
 
 from cmpf.bench.parity import capture_graph_inputs
 from cmpf.bench.timing import Timing, time_call
-from cmpf.config import ModelConfig
-from cmpf.pipeline import PipelineOptions, TextCache, segment
-from cmpf.preprocess import prepare_inputs, resize_shortest_edge
+from cmpf.config import InferenceOptions, ModelConfig
+from cmpf.pipeline import preprocess, segment
 from cmpf.runtime.base import Runner
+from cmpf.text import TextCache
 from cmpf.vocabulary import Vocabulary
 
 
@@ -39,22 +39,15 @@ def time_graphs(runners: Mapping[str, Runner], inputs: Mapping[str, Mapping[str,
 
 
 def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: torch.Tensor, vocabulary: Vocabulary,
-                       *, warmup: int = 2, iters: int = 10, options: PipelineOptions = PipelineOptions(),
+                       *, warmup: int = 2, iters: int = 10, options: InferenceOptions = InferenceOptions(),
                        device: str | torch.device = "cpu") -> list[StageTiming]:
     """Stage latencies of ``segment`` on one uint8 (3, H, W) image."""
     backend = next(iter(runners.values())).backend
-    short, long = options.min_size or cfg.min_size_test, options.max_size or cfg.max_size_test
-
-    def preprocess():
-        resized = resize_shortest_edge(image, short, long) if options.resize else image
-        return prepare_inputs([resized], divisibility=cfg.size_divisibility, sam_size=cfg.sam_input_size,
-                              device=device)
-
-    rows = [StageTiming("preprocess", "torch", time_call(preprocess, warmup=warmup, iters=iters))]
+    prep = lambda: preprocess([image], cfg, options, device)  # noqa: E731
+    rows = [StageTiming("preprocess", "torch", time_call(prep, warmup=warmup, iters=iters))]
     inputs = capture_graph_inputs(runners, [image], vocabulary, cfg, options, device)
     rows += time_graphs(runners, inputs, warmup=warmup, iters=iters)
-    text = TextCache().get(vocabulary, runners["text_encoder"], options.text_batch)
-    seen = [False] * len(vocabulary)
-    run = lambda: segment([image], vocabulary, runners, cfg, seen, options, text=text, device=device)  # noqa: E731
+    text = TextCache(runners["text_encoder"], options.text_batch)
+    run = lambda: segment([image], vocabulary, runners, cfg, options, text_cache=text, device=device)  # noqa: E731
     rows.append(StageTiming("segment", backend, time_call(run, warmup=warmup, iters=iters)))
     return rows

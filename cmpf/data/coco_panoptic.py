@@ -21,23 +21,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-# A panoptic PNG pixel (R, G, B) encodes the segment id R + 256 G + 256² B; id 0 is void.
-_ID_WEIGHTS = np.array([1, 256, 256 * 256], dtype=np.int64)
+from cmpf.codecs import id2rgb, rgb2id  # noqa: F401 (re-exported; id 0 is void)
 
 # An augmentation maps (image (H, W, 3) uint8, panoptic RGB (H, W, 3) uint8, rng) to the same pair.
 PanopticTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 SampleKey = Union[int, tuple[int, int]]
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """Decode a panoptic PNG: (H, W, 3) uint8 → (H, W) int64 segment ids."""
-    return rgb.astype(np.int64) @ _ID_WEIGHTS
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode segment ids: (H, W) int → (H, W, 3) uint8 (the inverse of :func:`rgb2id`)."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Literal, Union
 import numpy as np
 from PIL import Image
 
-from cmpf.data.coco_panoptic import id2rgb
+from cmpf.codecs import encode_rle, id2rgb, mask_bbox
 
 
 @dataclass(frozen=True)
@@ -128,23 +128,15 @@ def _unique_segment_ids(n: int, rng: np.random.Generator) -> np.ndarray:
             return ids
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
 def _instance_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int, iscrowd: bool) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = encode_rle(mask)
     return {
         "id": ann_id,
         "image_id": image_id,
         "category_id": category_id,
         "segmentation": rle,
         "area": int(mask.sum()),
-        "bbox": _bbox(mask),
+        "bbox": mask_bbox(mask),
         "iscrowd": int(iscrowd),
     }
 
@@ -163,7 +155,7 @@ def _annotate(
         semantic[mask] = cls
         segments.append(
             {"id": int(seg_id), "category_id": category.id, "iscrowd": int(crowd), "area": int(mask.sum()),
-             "bbox": _bbox(mask)}
+             "bbox": mask_bbox(mask)}
         )  # fmt: skip
         if category.isthing:
             ann_id = first_ann_id + len(instances)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cmpf.evaluation.instance import InstanceAccumulator, evaluate_instance, evaluate_instance_dicts
 from cmpf.evaluation.panoptic import PanopticAccumulator, evaluate_panoptic
-from cmpf.evaluation.report import MetricsInputError, write_json_atomic
+from cmpf.evaluation.report import MetricsInputError
 from cmpf.evaluation.semantic import SemanticAccumulator, evaluate_semantic
 
 __all__ = [
@@ -21,5 +21,4 @@ __all__ = [
     "evaluate_instance_dicts",
     "evaluate_panoptic",
     "evaluate_semantic",
-    "write_json_atomic",
 ]

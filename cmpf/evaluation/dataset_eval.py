@@ -15,7 +15,6 @@ order, so any number of ranks gives bit-identical metrics.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import sys
 from dataclasses import dataclass
@@ -31,11 +30,12 @@ from cmpf.evaluation.prepare import PreparedDataset, Sample, prepare_dataset
 from cmpf.evaluation.records import ShardState
 from cmpf.evaluation.report import MetricsInputError, format_instance, format_panoptic, format_semantic
 from cmpf.postprocess import Segmentation
-from cmpf.vocabulary import Vocabulary, load_vocabulary_file
+from cmpf.predictor import ModelSource
+from cmpf.vocabulary import load_vocabulary_file
 
 TRAIN_VOCABULARY = "coco_panoptic_with_prompt_eng.txt"  # the official models are trained on COCO panoptic
 
-Predictor = Callable[[torch.Tensor, Sample], Segmentation]
+PredictFn = Callable[[torch.Tensor, Sample], Segmentation]
 
 _EXPECTED = (MetricsInputError, FileNotFoundError, ValueError)
 
@@ -45,20 +45,16 @@ class EvalConfig:
     """``cmpf eval`` options (see ``cmpf eval --help``)."""
 
     dataset: Union[str, DatasetSpec]
+    source: Optional[ModelSource] = None  # None only with an explicit ``predict``
+    backend: Optional[str] = None  # default: onnxruntime for artifacts, torch for a preset
     data_root: Optional[str] = None
     vocab_dir: Optional[str] = None
-    model: Optional[str] = None
-    checkpoint: Optional[str] = None
-    clip_weights: Optional[str] = None
-    sam_weights: Optional[str] = None
-    artifacts: Optional[str] = None
-    backend: str = "onnxruntime"
     train_vocab: Optional[str] = None
     tasks: Optional[tuple[Task, ...]] = None
     limit: Optional[int] = None
     min_size: Optional[int] = None  # override the dataset's test resolution
     max_size: Optional[int] = None
-    resize: bool = True
+    resize: Optional[bool] = None  # None: the model's default (the official resize)
     device: str = "cpu"
     progress: bool = True
     seed: int = 0  # random-weight presets are built identically on every rank
@@ -72,7 +68,7 @@ class EvalReport:
     table: str
 
 
-def evaluate(cfg: EvalConfig, predict: Optional[Predictor] = None) -> Optional[EvalReport]:
+def evaluate(cfg: EvalConfig, predict: Optional[PredictFn] = None) -> Optional[EvalReport]:
     """Evaluate a model (or ``predict``) on a dataset, across the current process group if any.
 
     Everything about the dataset is checked before the model is built.
@@ -83,9 +79,10 @@ def evaluate(cfg: EvalConfig, predict: Optional[Predictor] = None) -> Optional[E
     """
     data = prepare_dataset(cfg.dataset, cfg.data_root, cfg.vocab_dir, cfg.tasks, cfg.limit)
     rank, world = dist_info()
-    seen_from = seen_mask(data.vocabulary, cfg.train_vocab, cfg.vocab_dir)[1] if predict is None else None
+    seen_from = training_vocabulary(cfg.train_vocab, cfg.vocab_dir) if predict is None else None
+    backend, num_seen = None, None
     if predict is None:
-        predict = pipeline_predictor(cfg, data, cfg.device, quiet=rank != 0)
+        predict, backend, num_seen = pipeline_predictor(cfg, data, cfg.device, quiet=rank != 0)
     results = evaluate_prepared(data, predict, progress=cfg.progress)
     if results is None:
         return None
@@ -94,15 +91,16 @@ def evaluate(cfg: EvalConfig, predict: Optional[Predictor] = None) -> Optional[E
         "official_name": data.spec.official_name,
         "tasks": list(data.tasks),
         "num_images": len(data.samples),
-        "model": cfg.model,
-        "checkpoint": cfg.checkpoint,
-        "artifacts": cfg.artifacts,
-        "backend": cfg.backend if cfg.artifacts else "torch",
+        "model": cfg.source.model if cfg.source else None,
+        "checkpoint": cfg.source.checkpoint if cfg.source else None,
+        "artifacts": cfg.source.artifacts if cfg.source else None,
+        "backend": backend,
         "min_size_test": cfg.min_size or data.spec.min_size_test,
         "max_size_test": cfg.max_size or data.spec.max_size_test,
-        "resize": cfg.resize,
+        "resize": cfg.resize is not False,
         "object_mask_threshold": data.spec.object_mask_threshold,
         "train_vocab": seen_from,
+        "num_seen_classes": num_seen,
         "world_size": world,
     }
     notes = _metric_notes(data)
@@ -113,7 +111,7 @@ def evaluate(cfg: EvalConfig, predict: Optional[Predictor] = None) -> Optional[E
 
 
 def evaluate_prepared(
-    data: PreparedDataset, predict: Predictor, progress: bool = True, load_image: Optional[Callable] = None
+    data: PreparedDataset, predict: PredictFn, progress: bool = True, load_image: Optional[Callable] = None
 ) -> Optional[dict[str, Any]]:
     """Segment this rank's shard, gather to rank 0 and reduce.
 
@@ -147,53 +145,40 @@ def evaluate_prepared(
     return reduce_payloads(data, payloads)
 
 
-def seen_mask(vocabulary: Vocabulary, train_vocab: Optional[str], vocab_dir: Optional[str]) -> tuple[list[bool], str]:
-    """Seen-class flags (ensemble α vs β) and where they came from.
+def training_vocabulary(train_vocab: Optional[str], vocab_dir: Optional[str]) -> Optional[str]:
+    """The training vocabulary whose synonyms are the seen classes (ensemble α vs β).
 
     ``train_vocab`` if given, else ``<vocab_dir>/coco_panoptic_with_prompt_eng.txt`` if present (the
-    official models' training set), else every class counts as unseen.
+    official models' training set), else None (every class counts as unseen).
     """
-    path = train_vocab
-    if path is None and vocab_dir is not None and (Path(vocab_dir) / TRAIN_VOCABULARY).is_file():
-        path = str(Path(vocab_dir) / TRAIN_VOCABULARY)
-    if path is None:
-        return [False] * len(vocabulary), "none (every class unseen)"
-    return vocabulary.seen_mask(load_vocabulary_file(path)), path
+    if train_vocab is None and vocab_dir is not None and (Path(vocab_dir) / TRAIN_VOCABULARY).is_file():
+        return str(Path(vocab_dir) / TRAIN_VOCABULARY)
+    return train_vocab
 
 
-def pipeline_predictor(cfg: EvalConfig, data: PreparedDataset, device: str, quiet: bool = False) -> Predictor:
-    """Build the runners (checkpoint or artifacts) and return the per-image pipeline call."""
-    from cmpf.pipeline import PipelineOptions, TextCache, segment
-    from cmpf.run import RunConfig, build_runners
+def pipeline_predictor(cfg: EvalConfig, data: PreparedDataset, device: str,
+                       quiet: bool = False) -> tuple[PredictFn, str, int]:
+    """Load the predictor (checkpoint or artifacts); returns the per-image pipeline call, its backend and
+    the number of seen classes (from ``--train-vocab``, ``--vocab-dir`` or the artifacts' manifest)."""
+    from cmpf.predictor import load_predictor, options_with
 
-    run_cfg = RunConfig(
-        images=(), out_dir="", model=cfg.model, checkpoint=cfg.checkpoint, clip_weights=cfg.clip_weights,
-        sam_weights=cfg.sam_weights, artifacts=cfg.artifacts, backend=cfg.backend, device=device,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
+    if cfg.source is None:
+        raise ValueError("EvalConfig.source is needed unless a predict function is given")
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-        try:
-            runners, model_cfg = build_runners(run_cfg)
-        except ImportError as e:
-            raise ValueError(f"--artifacts needs the artifact runtime, which is not available here ({e})") from None
+        predictor = load_predictor(cfg.source, cfg.backend, device, seed=cfg.seed)
     spec = data.spec
-    model_cfg = dataclasses.replace(
-        model_cfg,
-        min_size_test=cfg.min_size or spec.min_size_test,
-        max_size_test=cfg.max_size or spec.max_size_test,
-        object_mask_threshold=spec.object_mask_threshold,
-    )
-    seen, _ = seen_mask(data.vocabulary, cfg.train_vocab, cfg.vocab_dir)
-    options = PipelineOptions(resize=cfg.resize)
-    text = TextCache().get(data.vocabulary, runners["text_encoder"], options.text_batch)
+    options = options_with(predictor.options, resize=cfg.resize, min_size=cfg.min_size or spec.min_size_test,
+                           max_size=cfg.max_size or spec.max_size_test,
+                           object_mask_threshold=spec.object_mask_threshold)
+    train = training_vocabulary(cfg.train_vocab, cfg.vocab_dir)
+    if train is not None:
+        options = options.with_seen(load_vocabulary_file(train).classes)
     vocabulary = data.vocabulary
 
     def predict(image: torch.Tensor, sample: Sample) -> Segmentation:
-        with torch.inference_mode():
-            result = segment([image], vocabulary, runners, model_cfg, seen, options, text=text, device=device)
-        return result.segmentations[0]
+        return predictor.segment([image], vocabulary, options).segmentations[0]
 
-    return predict
+    return predict, str(predictor.backend), sum(options.seen_mask(vocabulary.classes))
 
 
 def _metric_notes(data: PreparedDataset) -> list[str]:

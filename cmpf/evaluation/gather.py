@@ -13,40 +13,11 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from cmpf.distributed import dist_info
 from cmpf.evaluation.instance import InstanceAccumulator
 from cmpf.evaluation.panoptic import PanopticAccumulator
 from cmpf.evaluation.prepare import PreparedDataset
 from cmpf.evaluation.semantic import SemanticAccumulator
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str) -> tuple[bool, str]:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``; pick this rank's device.
-
-    Returns:
-        (whether this call created the group, the device: ``cuda`` becomes ``cuda:LOCAL_RANK``).
-    """
-    created = False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device.startswith("cuda")
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available")
-        index = torch.device(device).index
-        if index is None:
-            index = int(os.environ.get("LOCAL_RANK", "0"))
-        device = f"cuda:{index}"
-        torch.cuda.set_device(index)  # NCCL object collectives use the current device
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        created = True
-    return created, device
 
 
 def shard(num: int, rank: int, world: int) -> range:

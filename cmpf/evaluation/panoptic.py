@@ -20,29 +20,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cmpf.codecs import id2rgb, rgb2id  # noqa: F401 (re-exported)
 from cmpf.evaluation.report import MetricsInputError, PathLike, load_json, require_dir
 
 OFFSET = 256 * 256 * 256
 VOID = 0
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """Decode an RGB id image.
-
-    Args:
-        color: (H, W, C>=3) integer array.
-
-    Returns:
-        (H, W) int64 segment ids ``R + 256 G + 256^2 B``.
-    """
-    color = color.astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode (H, W) segment ids as an (H, W, 3) uint8 RGB image (inverse of :func:`rgb2id`)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // (256 * 256) % 256], axis=-1).astype(np.uint8)
 
 
 def read_panoptic_png(path: PathLike) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmpf.codecs import encode_rles, mask_bbox
 from cmpf.evaluation.panoptic import PanopticAccumulator, read_panoptic_png
 from cmpf.evaluation.prepare import PreparedDataset, Sample
 from cmpf.evaluation.semantic import SemanticAccumulator, read_label_png
@@ -59,7 +60,7 @@ class ShardState:
         image_id = sample.index + 1 if self.data.derive_instances else sample.instance_image_id
         scores = _as_numpy(seg.instance_scores).astype(np.float64)
         classes = _as_numpy(seg.instance_classes).astype(np.int64)
-        rles = _rle(_as_numpy(seg.instance_masks).astype(bool))
+        rles = encode_rles(_as_numpy(seg.instance_masks).astype(bool))
         out = []
         for score, cls, rle in zip(scores.tolist(), classes.tolist(), rles):
             category = ids[cls]
@@ -74,11 +75,11 @@ class ShardState:
         segs = [s for s in sample.segments_info if int(s["category_id"]) in things]
         masks = np.stack([gt_ids == int(s["id"]) for s in segs]) if segs else np.zeros((0,) + gt_ids.shape, bool)
         anns = []
-        for s, m, rle in zip(segs, masks, _rle(masks)):
+        for s, m, rle in zip(segs, masks, encode_rles(masks)):
             if not m.any():
                 continue
             anns.append({"image_id": sample.index + 1, "category_id": int(s["category_id"]), "segmentation": rle,
-                         "area": int(m.sum()), "bbox": _bbox(m), "iscrowd": int(s.get("iscrowd", 0))})
+                         "area": int(m.sum()), "bbox": mask_bbox(m), "iscrowd": int(s.get("iscrowd", 0))})
         image = {"id": sample.index + 1, "file_name": sample.image_path.name,
                  "height": int(gt_ids.shape[0]), "width": int(gt_ids.shape[1])}
         return {"image": image, "annotations": anns}
@@ -88,23 +89,6 @@ class ShardState:
             "records": self.records,
             "semantic": None if self.semantic is None else (self.semantic.conf_matrix, self.semantic.num_images),
         }
-
-
-def _rle(masks: np.ndarray) -> list[dict]:
-    """(N, H, W) bool → COCO RLEs with str counts (detectron2's ``instances_to_coco_json``)."""
-    from pycocotools import mask as mask_utils
-
-    if masks.shape[0] == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for r in rles:
-        r["counts"] = r["counts"].decode("ascii")
-    return list(rles)
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
 def _as_numpy(t: Any) -> np.ndarray:

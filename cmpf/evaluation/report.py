@@ -13,10 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from cmpf.errors import InputError
+from cmpf.io import write_json
+
 PathLike = str | os.PathLike
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(InputError):
     """Bad metric input: a missing or malformed file, or data that violates the format's rules."""
 
 
@@ -56,46 +59,6 @@ def finite_or_none(value: Any) -> Optional[float]:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively convert numpy scalars to Python numbers and non-finite floats to ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if hasattr(obj, "item"):  # numpy scalar
-        obj = obj.item()
-    if isinstance(obj, float):
-        return finite_or_none(obj)
-    return obj
-
-
-def write_json_atomic(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON atomically: a temporary file in the target directory, then ``os.replace``.
-
-    Args:
-        path: destination file; missing parent directories are created.
-        obj: a JSON-serialisable value; NaN / infinity become ``null``.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _cell(value: Any) -> str:

@@ -20,14 +20,17 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from cmpf.config import default_options, get_config
+from cmpf.errors import InputError
 from cmpf.export.aoti import export_aoti, program_device
-from cmpf.export.graphs import call_graph, graph_module, model_specs
-from cmpf.export.manifest import build_manifest, write_manifest
+from cmpf.export.manifest import build_manifest
 from cmpf.export.onnx import DEFAULT_OPSET, export_onnx
 from cmpf.export.program import TraceSizes, example_inputs, export_program
-from cmpf.outputs import atomic_write
-from cmpf.runtime.artifacts import FORMAT_SUFFIX, MANIFEST_NAME, sha256_file
-from cmpf.vocabulary import Vocabulary, load_vocabulary_file, parse_class_list
+from cmpf.io import sha256_file, torch_save
+from cmpf.manifest import FORMAT_SUFFIX, MANIFEST_NAME, GraphFile, WeightsRecord
+from cmpf.model.graphs import call_graph, graph_module, model_specs
+from cmpf.tolerances import rel_error
+from cmpf.vocabulary import load_vocabulary, load_vocabulary_file
 
 FORMATS = ("onnx", "aoti")
 PRECISION = "fp32"
@@ -48,24 +51,25 @@ class ExportConfig:
     device: str = "cpu"  # AOTInductor compiles for this device; ONNX is device-independent
     vocab: Optional[str] = None  # vocabulary file recorded in the manifest
     classes: Optional[str] = None  # or an inline vocabulary 'cat;dog,puppy'
-    train_vocab: Optional[str] = None  # training vocabulary for the seen-class mask
+    things: Optional[str] = None  # thing classes of that vocabulary ('cat;dog' or an official split name)
+    train_vocab: Optional[str] = None  # training vocabulary: its synonyms are the seen classes
     trace: TraceSizes = TraceSizes()
     verify: bool = True  # run each ONNX file once on ONNX Runtime and compare with the eager graph
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
-            raise ValueError(f"unknown export formats {unknown}; choose from {', '.join(FORMATS)}")
+            raise InputError(f"unknown export formats {unknown}; choose from {', '.join(FORMATS)}")
         if self.opset < 18:
-            raise ValueError(f"ONNX opset {self.opset} is too old; use >= 18")
+            raise InputError(f"ONNX opset {self.opset} is too old; use >= 18")
         if self.vocab and self.classes:
-            raise ValueError("give at most one of --vocab FILE and --classes LIST")
+            raise InputError("give at most one of --vocab FILE and --classes LIST")
 
     def command(self) -> str:
         """The command line that reproduces this export (recorded in the manifest)."""
         args = ["cmpf", "export", "--model", self.model, "--out", self.out_dir, "--format", ",".join(self.formats)]
         for flag, value in (("--checkpoint", self.checkpoint), ("--vocab", self.vocab), ("--classes", self.classes),
-                            ("--train-vocab", self.train_vocab)):
+                            ("--things", self.things), ("--train-vocab", self.train_vocab)):
             if value:
                 args += [flag, value]
         if self.graphs:
@@ -87,19 +91,22 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # the old manifest would vouch for files about to change
-    vocabulary, train_vocabulary = _vocabularies(cfg)
+    vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
+    options = default_options(get_config(cfg.model))
+    if cfg.train_vocab:
+        options = options.with_seen(load_vocabulary_file(cfg.train_vocab).classes)
     model = (model or build_model(cfg.model, cfg.checkpoint)).eval().to(cfg.device)
     specs = model_specs(model)
     graphs = list(cfg.graphs or specs)
     missing = sorted(set(graphs) - set(specs))
     if missing:
-        raise ValueError(f"model {cfg.model} has no graphs {missing}; graphs: {', '.join(specs)}")
+        raise InputError(f"model {cfg.model} has no graphs {missing}; graphs: {', '.join(specs)}")
     stages = [(g, step) for g in graphs for step in ("trace",) + tuple(cfg.formats)]
     bar = tqdm(total=len(stages) + 2, desc=f"export {cfg.model}", unit="stage", disable=not progress)
     bar.set_postfix_str("weights")
-    checkpoint = _record_weights(cfg, model, out)
+    weights = _record_weights(cfg, model, out)
     bar.update()
-    files: dict[str, dict[str, dict]] = {}
+    files: dict[str, dict[str, GraphFile]] = {}
     program = None
     for graph, step in stages:
         bar.set_postfix_str(f"{graph}: {step}")
@@ -110,31 +117,25 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
         bar.update()
     bar.set_postfix_str("manifest")
     spec_args = {"channels": model.backbone.channels, "embed_dim": model.backbone.embed_dim}
-    manifest = build_manifest(model.cfg, {g: specs[g] for g in graphs}, spec_args, files, out, command=cfg.command(),
-                              opset=cfg.opset if "onnx" in cfg.formats else None, checkpoint=checkpoint,
-                              vocabulary=vocabulary, train_vocabulary=train_vocabulary)
-    path = write_manifest(out, manifest)
+    manifest = build_manifest(model.cfg, options, {g: specs[g] for g in graphs}, spec_args, files, out,
+                              command=cfg.command(), opset=cfg.opset if "onnx" in cfg.formats else None,
+                              weights=weights, vocabulary=vocabulary)
+    path = manifest.write(out)
     bar.update()
     bar.close()
     return path
 
 
-def _vocabularies(cfg: ExportConfig) -> tuple[Optional[Vocabulary], Optional[Vocabulary]]:
-    vocabulary = (load_vocabulary_file(cfg.vocab) if cfg.vocab else
-                  parse_class_list(cfg.classes) if cfg.classes else None)
-    return vocabulary, (load_vocabulary_file(cfg.train_vocab) if cfg.train_vocab else None)
-
-
-def _record_weights(cfg: ExportConfig, model, out: Path) -> dict:
+def _record_weights(cfg: ExportConfig, model, out: Path) -> WeightsRecord:
     """The weights the graphs come from: the checkpoint's path and hash, or random weights saved here."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint).resolve()
-        return {"path": str(path), "sha256": sha256_file(path)}
+        return WeightsRecord(str(path), sha256_file(path))
     warnings.warn(f"no --checkpoint: exporting {cfg.model} with random weights (saved as {out / WEIGHTS_NAME})",
                   stacklevel=3)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_write(out / WEIGHTS_NAME, lambda tmp: torch.save({"model": state}, tmp))
-    return {"path": WEIGHTS_NAME, "sha256": sha256_file(out / WEIGHTS_NAME), "random_init": True}
+    torch_save({"model": state}, out / WEIGHTS_NAME)
+    return WeightsRecord(WEIGHTS_NAME, sha256_file(out / WEIGHTS_NAME), random_init=True)
 
 
 def _trace(model, graph: str, spec, cfg: ExportConfig):
@@ -145,22 +146,18 @@ def _trace(model, graph: str, spec, cfg: ExportConfig):
         return export_program(module, spec, inputs)
 
 
-def _write_format(program, model, graph: str, spec, fmt: str, out: Path, cfg: ExportConfig) -> dict:
+def _write_format(program, model, graph: str, spec, fmt: str, out: Path, cfg: ExportConfig) -> GraphFile:
     path = out / f"{graph}.{PRECISION}{FORMAT_SUFFIX[fmt]}"
-    entry: dict = {"path": path.name, "precision": PRECISION}
     if fmt == "onnx":
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
             warnings.simplefilter("ignore")  # the exporter's progress prints and optimizer notes
             written = export_onnx(program, spec, path, opset=cfg.opset, external_data=cfg.external_data)
-        entry.update(device="any", external_data=[p.name for p in written[1:]])
-        if cfg.verify:
-            entry["verified_rel_error"] = _verify_onnx(path, model, graph, spec)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation notes from inductor internals
-            export_aoti(program, path)
-        entry["device"] = program_device(program)
-    return entry
+        verified = _verify_onnx(path, model, graph, spec) if cfg.verify else None
+        return GraphFile(path.name, PRECISION, "any", tuple(p.name for p in written[1:]), verified)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes from inductor internals
+        export_aoti(program, path)
+    return GraphFile(path.name, PRECISION, program_device(program))
 
 
 @contextlib.contextmanager
@@ -176,7 +173,6 @@ def _quiet(logger_name: str):
 
 def _verify_onnx(path: Path, model, graph: str, spec) -> dict[str, float]:
     """Run the new file once at sizes other than the trace sizes; refuse it beyond ``VERIFY_REL_ERROR``."""
-    from cmpf.bench.parity import rel_error
     from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     inputs = example_inputs(spec, VERIFY_SIZES, "cpu", seed=1)

@@ -1,6 +1,6 @@
 """One graph → a ``torch.export`` program with the symbolic dims of ``cmpf.spec``.
 
-Consumes the eval-mode wrapper of ``cmpf.export.graphs`` and its ``GraphSpec``; produces an
+Consumes the eval-mode wrapper of ``cmpf.model.graphs`` and its ``GraphSpec``; produces an
 ``ExportedProgram`` that both the ONNX exporter and AOTInductor lower. The spec's dim names become
 ``torch.export.Dim`` objects here and nowhere else: ``height``/``width`` (the padded CLIP input) are
 32 × ``h32``/``w32``, and ``h4``..``w16`` are derived from the same two symbols, so that every feature
@@ -90,7 +90,7 @@ def export_program(module: torch.nn.Module, spec: GraphSpec, inputs: dict[str, t
     """``torch.export`` the wrapper ``module`` with the spec's dynamic dims.
 
     Args:
-        module: eval-mode wrapper (``cmpf.export.graphs.graph_module``) on the target device.
+        module: eval-mode wrapper (``cmpf.model.graphs.graph_module``) on the target device.
         spec: its ``GraphSpec``.
         inputs: example inputs by name (``example_inputs``), batch ≥ 2.
     """

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cmpf.errors import InputError
+
 GROUPS = {"clip_text": "text_model.", "clip_image": "img_model.", "fusion": "fusion.", "decoder": "decoder."}
 # non-tensor metadata that OpenAI's CLIP archives store next to the weights (``CL:clip/model.py::build_model``)
 OPENAI_CLIP_EXTRAS = ("input_resolution", "context_length", "vocab_size")
@@ -31,7 +33,7 @@ _FIX = {
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A weight file that cannot be loaded; the message is one line naming the file and the fix.
 
     ``report`` holds the per-group ``LoadReport`` when the files were readable.

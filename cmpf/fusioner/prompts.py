@@ -12,7 +12,8 @@ import functools
 
 import torch
 
-CONTEXT_LENGTH = 77
+from cmpf.errors import InputError
+from cmpf.spec import CONTEXT_LENGTH
 
 # ``FU:model/text_encoder.py:45-82``, in this order; only the first four end with a period.
 TEMPLATES: tuple[str, ...] = (
@@ -51,7 +52,7 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
-class FusionerInputError(ValueError):
+class FusionerInputError(InputError):
     """Bad input to Fusioner inference (image, class names, text); the message is one line naming it."""
 
 

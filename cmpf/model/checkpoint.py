@@ -14,12 +14,14 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cmpf.errors import InputError
+
 GROUPS = {"clip": "backbone.clip_model.", "sam": "sam.", "head": "sem_seg_head.", "void": "void_embedding."}
 # keys the official checkpoints carry that the model has no use for
 IGNORED_PREFIXES = ("criterion.",)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be loaded into this model, with the reason."""
 
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmpf.config import ModelConfig
+from cmpf.config import InferenceOptions, ModelConfig, default_options
 from cmpf.ensemble import geometric_ensemble, valid_mask_weights
 from cmpf.model.clip_backbone import ClipBackbone
 from cmpf.model.decoder import MaskedDecoder, Prediction
 from cmpf.model.pixel_decoder import PixelDecoder
-from cmpf.text import TextClassifier, classification_logits
+from cmpf.text import TextClassifier, classification_logits, encode_vocabulary
 
 
 @dataclass
@@ -84,24 +84,30 @@ class CMPF(nn.Module):
         return classification_logits(pooled, text.embeddings, text.synonym_mask, self.void(),
                                      self.backbone.logit_scale)
 
-    def ensemble(self, in_logits: torch.Tensor, out_logits: torch.Tensor, pred_masks: torch.Tensor,
-                 seen: torch.Tensor, res5_size: tuple[int, int]) -> torch.Tensor:
-        alpha, beta = self.cfg.ensemble_alpha, self.cfg.ensemble_beta
-        if self.cfg.ensemble_on_valid_mask:
+    @staticmethod
+    def ensemble(in_logits: torch.Tensor, out_logits: torch.Tensor, pred_masks: torch.Tensor,
+                 seen: torch.Tensor, res5_size: tuple[int, int], options: InferenceOptions) -> torch.Tensor:
+        alpha, beta = options.ensemble_alpha, options.ensemble_beta
+        if options.ensemble_on_valid_mask:
             alpha, beta = valid_mask_weights(pred_masks, res5_size, alpha, beta)
         return geometric_ensemble(in_logits, out_logits, seen.to(in_logits), alpha, beta)
 
     # -- end to end ---------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, clip_pixels: torch.Tensor, sam_pixels: Optional[torch.Tensor],
-                text: TextClassifier, seen: torch.Tensor) -> ModelOutputs:
-        """clip_pixels (B, 3, H, W), sam_pixels (B, 3, 1024, 1024) or None, seen (K,) → outputs."""
+                text: TextClassifier, seen: torch.Tensor,
+                options: Optional[InferenceOptions] = None) -> ModelOutputs:
+        """clip_pixels (B, 3, H, W), sam_pixels (B, 3, 1024, 1024) or None, seen (K,) → outputs.
+
+        ``options``: the ensemble weights (default: the preset's ``default_options``).
+        """
+        options = options or default_options(self.cfg)
         feats = self.encode_clip(clip_pixels)
         sam_embedding = self.encode_sam(sam_pixels) if self.sam is not None else None
         predictions = self.decode(feats, sam_embedding, text)
         final = predictions[-1]
         out_logits = self.classify_masks(feats["res5"], final.masks, text)
-        logprob = self.ensemble(final.logits, out_logits, final.masks, seen, feats["res5"].shape[-2:])
+        logprob = self.ensemble(final.logits, out_logits, final.masks, seen, feats["res5"].shape[-2:], options)
         return ModelOutputs(final.logits, final.masks, out_logits, logprob, predictions[:-1], sam_embedding)
 
     def forward_train(self, images: torch.Tensor, text: TextClassifier) -> dict:
@@ -133,10 +139,5 @@ class CMPF(nn.Module):
     @torch.no_grad()
     def text_classifier_for(self, vocabulary, batch_size: int = 128) -> TextClassifier:
         """Encode a ``Vocabulary`` with the frozen CLIP text tower (14 templates per synonym)."""
-        from cmpf.text import from_synonym_embeddings, synonym_embeddings, tokenize
-
-        tokens = tokenize(vocabulary.prompts()).to(self.void_embedding.weight.device)
-        embs = torch.cat([self.backbone.encode_text(tokens[i:i + batch_size])
-                          for i in range(0, tokens.shape[0], batch_size)])
-        return from_synonym_embeddings(synonym_embeddings(embs), vocabulary.num_synonyms)
+        return encode_vocabulary(vocabulary, self.backbone.encode_text, batch_size, self.void_embedding.weight.device)
 

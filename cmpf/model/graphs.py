@@ -1,7 +1,8 @@
-"""Export wrappers: flat named-tensor I/O around the model's own methods (no re-implemented logic).
+"""Graph wrappers: flat named-tensor I/O around the model's own methods (no re-implemented logic).
 
 Each wrapper's ``forward`` takes the inputs of its ``GraphSpec`` in order and returns the outputs in
-order; the torch runner and the ONNX / AOTInductor exporters use exactly these modules.
+order; the torch runner (``cmpf.runtime.torch_runner``) and the ONNX / AOTInductor exporters
+(``cmpf.export``) use exactly these modules, so the runtime never needs the export package.
 """
 
 from __future__ import annotations

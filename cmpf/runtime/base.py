@@ -10,7 +10,7 @@ from cmpf.spec import GraphSpec
 
 
 class Runner(Protocol):
-    backend: str  # "torch" | "onnxruntime" | "aoti" | "tensorrt"
+    backend: str  # a cmpf.backend.Backend value
     graph: GraphSpec
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...

@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from cmpf.errors import EnvironmentProblem, InputError
+from cmpf.manifest import ArtifactError
 from cmpf.spec import GraphSpec, check_inputs
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -28,10 +30,10 @@ def providers_for(device: torch.device) -> list[str]:
         return ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(f"device {device} asks for ONNX Runtime's CUDAExecutionProvider, but this "
+            raise EnvironmentProblem(f"device {device} asks for ONNX Runtime's CUDAExecutionProvider, but this "
                                f"onnxruntime offers {ort.get_available_providers()} (pip install onnxruntime-gpu)")
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    raise ValueError(f"ONNX Runtime runner supports cpu and cuda devices, not {device}")
+    raise InputError(f"ONNX Runtime runner supports cpu and cuda devices, not {device}")
 
 
 class OnnxRuntimeRunner:
@@ -60,7 +62,7 @@ class OnnxRuntimeRunner:
             got = [(a.name, len(a.shape), _ORT_TYPES.get(a.type, a.type)) for a in actual]
             want = [(t.name, len(t.dims), t.dtype) for t in expected]
             if got != want:
-                raise ValueError(f"{path}: {kind} (name, rank, dtype) {got} do not match the {self.graph.name} "
+                raise ArtifactError(f"{path}: {kind} (name, rank, dtype) {got} do not match the {self.graph.name} "
                                  f"spec {want}; re-export the graph")
 
     def _bind(self, binding, name: str, x: torch.Tensor, is_input: bool) -> None:

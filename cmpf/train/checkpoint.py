@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmpf.io import torch_save, write_text
+
 LAST_CHECKPOINT = "last_checkpoint"
 
 
@@ -35,26 +37,6 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     prefixes = tuple(sorted({n.split(".", 1)[0] + "." for n in names}))
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
-
-
-def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,8 +68,8 @@ def checkpoint_path(out_dir: Union[str, os.PathLike], iteration: int) -> Path:
 
 def save_checkpoint(out_dir: Union[str, os.PathLike], iteration: int, state: dict[str, Any]) -> Path:
     """Write ``state`` as the checkpoint of ``iteration`` and point ``last_checkpoint`` at it."""
-    path = atomic_save({**state, "iteration": iteration}, checkpoint_path(out_dir, iteration))
-    _atomic_write_text(path.name, Path(out_dir) / LAST_CHECKPOINT)
+    path = torch_save({**state, "iteration": iteration}, checkpoint_path(out_dir, iteration))
+    write_text(Path(out_dir) / LAST_CHECKPOINT, path.name)
     return path
 
 

@@ -33,6 +33,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cmpf.data.coco_panoptic import CocoPanopticDataset, collate_panoptic
 from cmpf.data.registry import DATASETS, check_dataset
 from cmpf.data.transforms import LargeScaleJitter, LSJConfig
+from cmpf.distributed import dist_info, init_distributed
+from cmpf.io import torch_save
 from cmpf.train import checkpoint as ckpt
 from cmpf.train.criterion import SetCriterion
 from cmpf.train.matcher import HungarianMatcher
@@ -143,17 +145,11 @@ class ShardSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def init_distributed(cfg: TrainConfig) -> DistEnv:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1 and pick this rank's device."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)  # before NCCL initialises
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if dist.is_initialized():
-        return DistEnv(dist.get_rank(), dist.get_world_size(), device)
-    return DistEnv(0, 1, device)
+def join_process_group(cfg: TrainConfig) -> DistEnv:
+    """This rank's ``DistEnv`` (``cmpf.distributed.init_distributed`` on ``cfg.device``)."""
+    _, device = init_distributed(cfg.device)
+    rank, world = dist_info()
+    return DistEnv(rank, world, device)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -365,7 +361,7 @@ def train(cfg: TrainConfig, model: Optional[nn.Module] = None) -> TrainResult:
     """
     from tqdm import tqdm
 
-    env = init_distributed(cfg)
+    env = join_process_group(cfg)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state, criterion, forward, text, loader, sampler, per_rank = _setup(cfg, env, model)
@@ -396,7 +392,7 @@ def train(cfg: TrainConfig, model: Optional[nn.Module] = None) -> TrainResult:
     bar.close()
     final = out_dir / "model_final.pth"
     if env.is_main:
-        ckpt.atomic_save({"model": _final_state_dict(state.model, cfg), "iteration": state.iteration}, final)
+        torch_save({"model": _final_state_dict(state.model, cfg), "iteration": state.iteration}, final)
     if env.world_size > 1:
         dist.barrier()
     return TrainResult(out_dir, final, state.iteration, metrics, state.model)

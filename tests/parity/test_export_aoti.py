@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import exported
-from tolerances import MASK_IOU, REL, mask_iou, rel_error
+from cmpf.tolerances import MASK_IOU, REL, mask_iou, rel_error
 
 TOL = REL[("aoti", "fp32")]
 SMALL = ("text_encoder", "mask_classifier")
@@ -29,9 +29,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "aoti_cpp"
 def _check(directory: Path, graph: str, sizes) -> None:
     from cmpf.export.program import TraceSizes, example_inputs
     from cmpf.runtime import load_runner
-    from cmpf.runtime.artifacts import graph_artifact
 
-    artifact = graph_artifact(directory, graph, "aoti")
+    artifact = exported.artifact(directory, graph, "aoti")
     eager, aoti = load_runner("torch", artifact), load_runner("aoti", artifact)
     inputs = example_inputs(eager.graph, TraceSizes(*sizes), seed=3)
     expected, actual = eager(inputs), aoti(inputs)
@@ -96,7 +95,6 @@ def _compile_example(out: Path) -> Path:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the g++ command line is Linux-specific")
 def test_cpp_example_runs_the_package(tmp_path):
     from cmpf.runtime import load_runner
-    from cmpf.runtime.artifacts import graph_artifact
 
     directory = exported.tiny_export(("aoti",), SMALL)
     exe = _compile_example(tmp_path)
@@ -110,6 +108,6 @@ def test_cpp_example_runs_the_package(tmp_path):
     tokens = torch.zeros(3, 77, dtype=torch.long)
     tokens[:, 0], tokens[:, 7] = 49406, 49407
     tokens[:, 1:7] = torch.randint(1, 49000, (3, 6))
-    runner = load_runner("aoti", graph_artifact(directory, "text_encoder", "aoti"))
+    runner = load_runner("aoti", exported.artifact(directory, "text_encoder", "aoti"))
     features = runner({"token_ids": tokens})["text_features"]
     torch.testing.assert_close(norms, features.norm(dim=1), rtol=1e-4, atol=0)

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 import exported  # noqa: E402
-from tolerances import MASK_IOU, REL, mask_iou, rel_error  # noqa: E402
+from cmpf.tolerances import MASK_IOU, REL, mask_iou, rel_error  # noqa: E402
 
 TOL = REL[("onnxruntime", "fp32")]
 # (batch, h32, w32, num_classes, num_synonyms, num_prompts): batch 1 and 3, 96×128 and 160×96 inputs,
@@ -31,9 +31,7 @@ def artifacts():
 
 @pytest.fixture(scope="module")
 def runners(artifacts):
-    from cmpf.runtime import load_artifacts
-
-    return load_artifacts(artifacts, "torch")[0], load_artifacts(artifacts, "onnxruntime")[0]
+    return exported.predictor(artifacts, "torch").runners, exported.predictor(artifacts, "onnxruntime").runners
 
 
 @pytest.mark.parametrize("sizes", SIZES, ids=["b1-96x128-k2", "b3-160x96-k7"])
@@ -60,15 +58,15 @@ def test_pipeline_inputs_parity(runners):
     """Real inputs (the sample image through the pipeline) for every graph, via `cmpf.bench.parity`."""
     from cmpf.bench.parity import capture_graph_inputs, graph_parity
     from cmpf.demo import SAMPLE_IMAGE
-    from cmpf.pipeline import PipelineOptions
+    from cmpf.config import InferenceOptions
+    from cmpf.manifest import Manifest
     from cmpf.preprocess import load_image
-    from cmpf.runtime.artifacts import model_config, read_manifest
     from cmpf.vocabulary import parse_class_list
 
     eager, ort = runners
-    cfg = model_config(read_manifest(exported.tiny_export(("onnx",))))
+    cfg = Manifest.read(exported.tiny_export(("onnx",))).model
     image, vocab = load_image(SAMPLE_IMAGE), parse_class_list(exported.CLASSES)
-    inputs = capture_graph_inputs(eager, [image], vocab, cfg, PipelineOptions(min_size=480, max_size=640))
+    inputs = capture_graph_inputs(eager, [image], vocab, cfg, InferenceOptions(min_size=480, max_size=640))
     rows = graph_parity(eager, ort, inputs)
     assert {r.graph for r in rows} == set(eager)
     assert all(r.ok and r.rel_error < TOL for r in rows), [r for r in rows if not r.ok]
@@ -91,7 +89,8 @@ def test_manifest(artifacts):
     import dataclasses
 
     from cmpf.config import CLIP_PIXEL_MEAN, get_config
-    from cmpf.runtime.artifacts import MANIFEST_VERSION, sha256_file
+    from cmpf.io import sha256_file
+    from cmpf.manifest import MANIFEST_VERSION
 
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["format_version"] == MANIFEST_VERSION

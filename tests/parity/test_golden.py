@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import golden
-from tolerances import MASK_IOU, REL, SEMANTIC_GAP, mask_iou, rel_error
+from cmpf.tolerances import MASK_IOU, REL, SEMANTIC_GAP, mask_iou, rel_error
 
 pytestmark = pytest.mark.skipif(not golden.available(), reason="../shared/reference/golden is not present")
 
@@ -23,16 +23,20 @@ F32, F16 = REL[("golden", "fp32")], REL[("golden", "fp16-stored")]
 def golden_segment(runners, cfg):
     """The golden input (no resize, stored text classifier, ADE-150 things, COCO seen mask) through
     ``cmpf.pipeline.segment`` with ``runners``; returns (vocab, seen, arrays, stats, result)."""
-    from cmpf.pipeline import PipelineOptions, segment
-    from cmpf.text import from_synonym_embeddings
+    from cmpf.config import InferenceOptions
+    from cmpf.pipeline import segment
+    from cmpf.text import TextCache, from_synonym_embeddings
     from cmpf.vocabulary import load_vocabulary_file
 
     arrays, stats = golden.arrays(), golden.stats()
     vocab = load_vocabulary_file(golden.VOCABS / "ade20k_150_with_prompt_eng.txt", things=["ade20k-150"])
-    seen = vocab.seen_mask(load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt"))
-    text = from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms)
+    train = load_vocabulary_file(golden.VOCABS / "coco_panoptic_with_prompt_eng.txt")
+    options = InferenceOptions(resize=False).with_seen(train.classes)
+    seen = options.seen_mask(vocab.classes)
+    text = TextCache(runners["text_encoder"])
+    text.put(vocab, from_synonym_embeddings(torch.from_numpy(arrays["text_classifier"]), vocab.num_synonyms))
     image = torch.from_numpy(arrays["input_model_image_chw_f32"])
-    result = segment([image], vocab, runners, cfg, seen, PipelineOptions(resize=False), text=text)
+    result = segment([image], vocab, runners, cfg, options, text_cache=text)
     return vocab, seen, arrays, stats, result
 
 

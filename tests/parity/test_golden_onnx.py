@@ -14,7 +14,7 @@ import torch
 
 import golden
 import test_golden
-from tolerances import REL, rel_error
+from cmpf.tolerances import REL, rel_error
 
 pytest.importorskip("onnxruntime")
 pytestmark = [pytest.mark.slow,
@@ -26,15 +26,15 @@ F32 = REL[("golden", "fp32")]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from cmpf.export.api import ExportConfig, export_model
-    from cmpf.runtime import load_artifacts
+    import exported
 
     root = tmp_path_factory.mktemp("golden_onnx")
     ckpt = root / "frozenseg_variantB.pth"
     torch.save({"model": golden.golden_state_dict()}, ckpt)
     export_model(ExportConfig("frozenseg-convnext-large", str(root / "artifacts"), checkpoint=str(ckpt)),
                  progress=False)
-    runners, cfg = load_artifacts(root / "artifacts", "onnxruntime")
-    return (runners, *test_golden.golden_segment(runners, cfg))  # the same inputs as test_golden
+    predictor = exported.predictor(root / "artifacts", "onnxruntime")
+    return (predictor.runners, *test_golden.golden_segment(predictor.runners, predictor.cfg))  # the same inputs as test_golden
 
 
 def test_text_encoder_on_first_prompts(run):

@@ -220,7 +220,7 @@ _HYGIENE = textwrap.dedent(
     sys.modules["tensorrt"] = None
     import torch
     from cmpf.kernels import masked_attention as ma, mask_pooling as mp, ms_deform_attn as da
-    from cmpf.kernels import tensorrt_plugins
+    from cmpf.engines import plugins as tensorrt_plugins
     from cmpf.kernels._triton import is_triton_available
     assert not is_triton_available()
     q = torch.randn(1, 1, 4, 8)
@@ -250,7 +250,7 @@ def test_modules_import_without_triton_or_tensorrt():
 @pytest.mark.trt
 def test_tensorrt_plugins_register():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed; the plugins cannot be registered here")
-    from cmpf.kernels import tensorrt_plugins
+    from cmpf.engines import plugins as tensorrt_plugins
 
     names = tensorrt_plugins.register_tensorrt_plugins()
     assert set(names) == {"cmpf::masked_attention", "cmpf::mask_pooling", "cmpf::ms_deform_attn"}

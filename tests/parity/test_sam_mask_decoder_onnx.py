@@ -19,13 +19,6 @@ TOL = REL[("onnxruntime", "fp32")]
 CFG = PRESETS["tiny"]
 
 
-@pytest.fixture
-def torchvision_nms(monkeypatch):
-    """As in tests/unit/test_sam_masks.py: use the environment's registered pure-torch NMS."""
-    import torchvision.extension
-
-    if not torchvision.extension._has_ops() and hasattr(torch.ops.torchvision, "nms"):
-        monkeypatch.setattr(torchvision.extension, "_has_ops", lambda: True)
 
 
 def _inputs(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -77,7 +70,7 @@ def test_onnxruntime_matches_eager(exported, n):
     assert mask_iou(ort["mask_logits"].numpy() > 0, eager["mask_logits"].numpy() > 0) > 0.99
 
 
-def test_automatic_masks_through_onnxruntime(exported, torchvision_nms):
+def test_automatic_masks_through_onnxruntime(exported):
     """The same generator on the ONNX Runtime runner and on the eager wrapper: same masks."""
     from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from cmpf.sam_masks import SamFrame, SamMaskOptions, generate_masks_from_embedding

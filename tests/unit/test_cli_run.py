@@ -73,7 +73,7 @@ def test_run_writes_all_results(image, checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--classes", ""], "vocabulary"),
     (["--classes", "cat;cat"], "duplicate class name"),
-    (["--classes", "cat", "--vocab", "x.txt"], "exactly one of"),
+    (["--classes", "cat", "--vocab", "x.txt"], "not both"),
 ])
 def test_bad_vocabulary_exits_2_and_writes_nothing(image, tmp_path, capsys, args, message):
     out = tmp_path / "o"

@@ -16,14 +16,6 @@ def artifacts():
     return exported.tiny_export(("onnx",))
 
 
-def test_tolerances_match_the_test_table():
-    from tolerances import REL
-
-    from cmpf.bench.parity import REL_TOLERANCE
-
-    assert REL_TOLERANCE == {b: REL[(b, "fp32")] for b in REL_TOLERANCE}
-
-
 def test_export_command(tmp_path, capsys):
     from cmpf.cli import main
 
@@ -36,8 +28,9 @@ def test_export_command(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["graphs"]) == ["mask_classifier"]
     assert manifest["vocabulary"]["classes"] == [["cat"], ["dog"]]
-    assert manifest["train_vocabulary"]["classes"] == [["cat", "kitty"], ["sky"]]
-    assert manifest["checkpoint"]["random_init"] is True
+    assert manifest["inference"]["seen"] == ["cat", "kitty", "sky"]  # the training vocabulary's synonyms
+    assert manifest["inference"]["topk"] == 20  # the tiny preset's defaults
+    assert manifest["weights"]["random_init"] is True
     assert max(manifest["graphs"]["mask_classifier"]["files"]["onnx"]["verified_rel_error"].values()) < 1e-4
     assert "--graphs mask_classifier" in manifest["export"]["command"]
 
@@ -70,7 +63,7 @@ def test_bench_onnxruntime(artifacts, capsys):
 
 
 def test_parity_command_and_exit_code(artifacts, tmp_path, monkeypatch, capsys):
-    from cmpf.bench import parity
+    from cmpf import tolerances
     from cmpf.cli import main
 
     rows_file = tmp_path / "parity.json"
@@ -80,10 +73,11 @@ def test_parity_command_and_exit_code(artifacts, tmp_path, monkeypatch, capsys):
     assert {r["graph"] for r in rows} == {"clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder",
                                          "mask_classifier"}
     assert all(r["ok"] and r["rel_error"] < 1e-4 for r in rows)
+    assert {r["tolerance"] for r in rows} == {tolerances.REL[("onnxruntime", "fp32")]}  # the one table
     capsys.readouterr()
-    monkeypatch.setitem(parity.REL_TOLERANCE, "onnxruntime", 0.0)  # nothing passes a zero tolerance
+    monkeypatch.setitem(tolerances.REL, ("onnxruntime", "fp32"), 0.0)  # nothing passes a zero tolerance
     assert main(["parity", "--artifacts", str(artifacts), *small]) == 1
-    assert "out of tolerance:" in capsys.readouterr().out
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: out of tolerance: ")
 
 
 def test_demo_on_existing_artifacts(artifacts, tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -14,7 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cmpf.evaluation import MetricsInputError, evaluate_instance, evaluate_instance_dicts
-from cmpf.evaluation.cli import add_metrics_parser
+from cmpf.cli import main as run_cli
 
 H = W = 64
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}]
@@ -138,11 +137,6 @@ def test_bad_predictions() -> None:
         evaluate_instance_dicts(gt, [{k: v for k, v in preds[0].items() if k != "score"}])
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cmpf")
-    add_metrics_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_files_cli_json_and_errors(tmp_path, capsys) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cmpf.evaluation import MetricsInputError, PanopticAccumulator, evaluate_panoptic
-from cmpf.evaluation.cli import add_metrics_parser
+from cmpf.cli import main as run_cli
 from cmpf.evaluation.panoptic import id2rgb, read_panoptic_png, rgb2id
 
 CATS = [
@@ -205,11 +204,6 @@ def test_evaluate_panoptic_files(tmp_path, pred_as_list: bool) -> None:
     check_hand_result(evaluate_panoptic(**paths))
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cmpf")
-    add_metrics_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def cli_argv(paths: dict) -> list[str]:

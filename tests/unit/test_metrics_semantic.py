@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cmpf.evaluation import MetricsInputError, SemanticAccumulator, evaluate_semantic
-from cmpf.evaluation.cli import add_metrics_parser
+from cmpf.cli import main as run_cli
 
 # (gt, pred) pixels: (0,0) (0,1) (1,1) (1,1) | (2,2) (2,0) (255,2) (1,3)
 GT = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
@@ -93,11 +92,6 @@ def test_evaluate_semantic_files(tmp_path) -> None:
     assert r["IoU"]["3"] is None
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cmpf")
-    add_metrics_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def test_cli_json_and_errors(tmp_path, capsys) -> None:

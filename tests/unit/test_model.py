@@ -3,7 +3,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "parity"))
 import pytest
 import torch
 
-from cmpf.config import PRESETS, get_config
+from cmpf.config import PRESETS, default_options, get_config
 from cmpf.kernels.ms_deform_attn import fold_levels_like_official_kernel, ms_deform_attn_ref
 from cmpf.model import build_model
 from cmpf.preprocess import prepare_inputs
@@ -16,7 +16,7 @@ def _inputs(h=96, w=128, b=1):
 def test_presets_are_valid_and_distinct():
     assert {"frozenseg-convnext-large", "frozenseg-rn50x64", "fcclip-convnext-large", "fcclip-rn50x64",
             "tiny"} <= set(PRESETS)
-    assert PRESETS["frozenseg-rn50x64"].clip_quick_gelu and PRESETS["frozenseg-rn50x64"].ensemble_on_valid_mask
+    assert PRESETS["frozenseg-rn50x64"].clip_quick_gelu and default_options("frozenseg-rn50x64").ensemble_on_valid_mask
     assert PRESETS["fcclip-convnext-large"].sam is None
     with pytest.raises(ValueError, match="unknown model preset"):
         get_config("nope")

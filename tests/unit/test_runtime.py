@@ -21,10 +21,27 @@ def text_only():
     return exported.tiny_export(("onnx",), ("text_encoder",))
 
 
+def graph_artifact(directory, graph, fmt):
+    from cmpf.manifest import Manifest
+
+    return Manifest.read(directory).artifact(graph, fmt)
+
+
+def read_manifest(directory):
+    from cmpf.manifest import Manifest
+
+    return Manifest.read(directory)
+
+
+def load_artifacts(directory, backend):
+    from cmpf.predictor import ModelSource, load_predictor
+
+    return load_predictor(ModelSource(artifacts=str(directory)), backend)
+
+
 @pytest.fixture
 def text_runner(text_only):
     from cmpf.runtime import load_runner
-    from cmpf.runtime.artifacts import graph_artifact
 
     return load_runner("onnxruntime", graph_artifact(text_only, "text_encoder", "onnx"))
 
@@ -56,7 +73,7 @@ def test_onnxruntime_runner_runs_and_validates(text_runner):
 
 
 def test_aoti_runner_validates_before_calling_the_package():
-    from cmpf.export.graphs import model_specs
+    from cmpf.model.graphs import model_specs
     from cmpf.runtime.aoti_runner import AotiRunner
 
     runner = AotiRunner.__new__(AotiRunner)  # no compiled package needed to check the inputs
@@ -71,7 +88,7 @@ def test_aoti_runner_validates_before_calling_the_package():
 
 
 def test_sha256_mismatch_is_refused(text_only, tmp_path):
-    from cmpf.runtime.artifacts import ArtifactError, graph_artifact
+    from cmpf.manifest import ArtifactError
 
     directory = exported.copy_of(text_only, tmp_path)
     onnx_file = directory / "text_encoder.fp32.onnx"
@@ -86,8 +103,7 @@ def test_sha256_mismatch_is_refused(text_only, tmp_path):
 
 
 def test_manifest_missing_or_incompatible(text_only, tmp_path):
-    from cmpf.runtime import load_artifacts
-    from cmpf.runtime.artifacts import ArtifactError, read_manifest
+    from cmpf.manifest import ArtifactError
 
     with pytest.raises(ArtifactError, match=r"no manifest.json; export it with `cmpf export --model PRESET"):
         read_manifest(tmp_path)
@@ -95,13 +111,12 @@ def test_manifest_missing_or_incompatible(text_only, tmp_path):
         load_artifacts(tmp_path / "nowhere", "onnxruntime")
     directory = exported.copy_of(text_only, tmp_path)
     _edit_manifest(directory, lambda m: m.update(format_version=0))
-    with pytest.raises(ArtifactError, match=r"format version 0, this cmpf reads version 1; re-export with `cmpf"):
+    with pytest.raises(ArtifactError, match=r"format version 0, this cmpf reads version 2; re-export with `cmpf"):
         read_manifest(directory)
 
 
 def test_partial_export_and_missing_format(text_only):
-    from cmpf.runtime import load_artifacts
-    from cmpf.runtime.artifacts import ArtifactError, graph_artifact
+    from cmpf.manifest import ArtifactError
 
     with pytest.raises(ArtifactError, match=r"graphs \['clip_image_encoder', .*\] were not exported"):
         load_artifacts(text_only, "onnxruntime")
@@ -112,8 +127,7 @@ def test_partial_export_and_missing_format(text_only):
 
 
 def test_spec_change_is_refused(text_only, tmp_path):
-    from cmpf.runtime import load_artifacts
-    from cmpf.runtime.artifacts import ArtifactError
+    from cmpf.manifest import ArtifactError
 
     directory = exported.copy_of(text_only, tmp_path)
     _edit_manifest(directory, lambda m: m["spec_args"].update(embed_dim=32))
@@ -123,14 +137,14 @@ def test_spec_change_is_refused(text_only, tmp_path):
 
 def test_load_runner_backends(text_only):
     from cmpf.runtime import load_runner
-    from cmpf.runtime.artifacts import ArtifactError, graph_artifact
+    from cmpf.manifest import ArtifactError
 
     artifact = graph_artifact(text_only, "text_encoder", "onnx")
-    with pytest.raises(ValueError, match="unknown backend 'tflite'; choose one of onnxruntime, aoti, torch"):
+    with pytest.raises(ValueError, match="unknown backend 'tflite'; choose one of torch, onnxruntime, aoti"):
         load_runner("tflite", artifact)
-    with pytest.raises(ValueError, match="TensorRT engines are not part of"):
+    with pytest.raises(ValueError, match="TensorRT engines are not built by this cmpf yet"):
         load_runner("tensorrt", artifact)
-    with pytest.raises(ValueError, match="a onnx file cannot run on the aoti backend"):
+    with pytest.raises(ArtifactError, match="a onnx file cannot run on the aoti backend"):
         load_runner("aoti", artifact)
     package = dataclasses.replace(artifact, path=artifact.path.with_suffix(".pt2"), format="aoti", device="cpu")
     with pytest.raises(ArtifactError, match="compiled for cpu, asked to run on cuda; .* --device cuda"):
@@ -144,32 +158,32 @@ def test_load_runner_backends(text_only):
 
 
 def test_torch_backend_needs_recorded_weights(text_only, tmp_path):
-    from cmpf.runtime import _checkpoint_model
-    from cmpf.runtime.artifacts import ArtifactError, read_manifest
+    from cmpf.manifest import ArtifactError
+    from cmpf.runtime.torch_runner import model_from_manifest
 
     directory = exported.copy_of(text_only, tmp_path)
-    _edit_manifest(directory, lambda m: m.update(checkpoint=None))
+    _edit_manifest(directory, lambda m: m.update(weights=None))
     with pytest.raises(ArtifactError, match="no weights recorded .* --checkpoint CKPT"):
-        _checkpoint_model(read_manifest(directory), directory, "cpu")
+        model_from_manifest(read_manifest(directory))
     ckpt = tmp_path / "elsewhere.pth"
     ckpt.write_bytes(b"not the exported weights")
-    _edit_manifest(directory, lambda m: m.update(checkpoint={"path": str(ckpt), "sha256": "0" * 64}))
+    _edit_manifest(directory, lambda m: m.update(weights={"path": str(ckpt), "sha256": "0" * 64}))
     with pytest.raises(ArtifactError, match="checkpoint changed since the export"):
-        _checkpoint_model(read_manifest(directory), directory, "cpu")
+        model_from_manifest(read_manifest(directory))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-fcclip", "frozenseg-rn50x64"])
 def test_model_config_round_trip(preset):
-    import dataclasses
-
-    from cmpf.config import get_config
-    from cmpf.runtime.artifacts import ArtifactError, model_config
+    from cmpf.config import InferenceOptions, default_options, get_config
+    from cmpf.manifest import model_config_from_json
 
     cfg = get_config(preset)
     stored = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    assert model_config({"model": stored}) == cfg
-    with pytest.raises(ArtifactError, match=r"fields this cmpf does not know: \['future_field'\]"):
-        model_config({"model": {**stored, "future_field": 1}, "export": {"command": "cmpf export ..."}})
+    assert model_config_from_json(stored) == cfg
+    with pytest.raises(ValueError, match=r"fields this cmpf does not know: \['future_field'\]"):
+        model_config_from_json({**stored, "future_field": 1})
+    options = default_options(cfg).with_seen((("cat", "kitty"), ("sky",)))
+    assert InferenceOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
 
 
 def test_cli_reports_artifact_errors_in_one_line(tmp_path, capsys):
@@ -185,7 +199,7 @@ def test_import_hygiene_without_onnxruntime():
     """`import cmpf.runtime` and `cmpf --help` work when onnxruntime (and onnx) cannot be imported."""
     code = (
         "import sys; sys.modules['onnxruntime'] = None; sys.modules['onnx'] = None; sys.modules['tensorrt'] = None\n"
-        "import cmpf, cmpf.runtime, cmpf.runtime.artifacts, cmpf.bench.stages, cmpf.commands\n"
+        "import cmpf, cmpf.runtime, cmpf.manifest, cmpf.bench.stages, cmpf.predictor, cmpf.cli\n"
         "assert 'cmpf.model' not in sys.modules, 'the runtime must not import the model code'\n"
         "import cmpf.export.api, cmpf.demo\n"
         "from cmpf.cli import main\n"
@@ -203,11 +217,11 @@ def test_import_hygiene_without_onnxruntime():
 def test_external_data_is_written_hashed_and_loaded(tmp_path):
     """`--external-data` (automatic above 2 GB): weights in <file>.data, listed and hashed in the manifest,
     loaded by ONNX Runtime beside the model, and refused when altered."""
-    from tolerances import REL, rel_error
+    from cmpf.tolerances import REL, rel_error
 
     from cmpf.export.api import ExportConfig, export_model
     from cmpf.runtime import load_runner
-    from cmpf.runtime.artifacts import ArtifactError, graph_artifact, read_manifest
+    from cmpf.manifest import ArtifactError
     from cmpf.runtime.torch_runner import TorchRunner
     from cmpf.text import tokenize
 
@@ -215,8 +229,8 @@ def test_external_data_is_written_hashed_and_loaded(tmp_path):
     with pytest.warns(UserWarning, match="random weights"):
         export_model(ExportConfig("tiny", str(tmp_path), graphs=("text_encoder",), external_data=True), model=model,
                      progress=False)
-    entry = read_manifest(tmp_path)["graphs"]["text_encoder"]["files"]["onnx"]
-    assert entry["external_data"] == ["text_encoder.fp32.onnx.data"]
+    entry = read_manifest(tmp_path).graphs["text_encoder"].files["onnx"]
+    assert entry.external_data == ("text_encoder.fp32.onnx.data",)
     data_file = tmp_path / "text_encoder.fp32.onnx.data"
     assert data_file.stat().st_size > (tmp_path / "text_encoder.fp32.onnx").stat().st_size
     runner = load_runner("onnxruntime", graph_artifact(tmp_path, "text_encoder", "onnx"))

@@ -29,15 +29,6 @@ LOW = dict(points_per_side=8, points_per_batch=20, pred_iou_thresh=0.03, stabili
            stability_score_offset=0.05)
 
 
-@pytest.fixture(autouse=True)
-def torchvision_nms(monkeypatch):
-    """This venv's torchvision ``_C`` cannot load next to CPU torch; the environment hook
-    (tools/torchvision_cpu_fallback.py) registers a pure-torch ``torchvision::nms``, but
-    ``torchvision.ops.nms`` still asserts the extension: let it use the registered op."""
-    import torchvision.extension
-
-    if not torchvision.extension._has_ops() and hasattr(torch.ops.torchvision, "nms"):
-        monkeypatch.setattr(torchvision.extension, "_has_ops", lambda: True)
 
 
 def _sharpen(sam):

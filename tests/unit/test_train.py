@@ -13,7 +13,8 @@ from torch import nn
 
 from cmpf.data import CocoPanopticDataset, make_synthetic_coco_panoptic
 from cmpf.train import checkpoint as ckpt
-from cmpf.train.cli import config_from_args, main
+from cmpf.cli import build_parser, main
+from cmpf.cli.train import config_from_args
 from cmpf.train.loop import OFFICIAL_LR_STEPS, ShardSampler, TrainConfig, build_optimizer, param_groups, train
 
 
@@ -199,13 +200,7 @@ def test_cli(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
     assert exit_info.value.code == 0 and "--resume" in capsys.readouterr().out
-    import argparse
-
-    from cmpf.train.cli import add_train_parser
-
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers())
-    args = parser.parse_args(["train", "--model", "tiny", "--data-root", "D", "--out", "O", "--resume",
+    args = build_parser().parse_args(["train", "--model", "tiny", "--data-root", "D", "--out", "O", "--resume",
                               "--iters", "10", "--batch-size", "4", "--image-size", "64", "--no-amp"])  # fmt: skip
     cfg = config_from_args(args)
     assert (cfg.preset, cfg.data_root, cfg.out_dir, cfg.resume, cfg.max_iter) == ("tiny", "D", "O", True, 10)

@@ -1,0 +1,33 @@
+"""``cmpf export --model PRESET [--checkpoint CKPT] --out DIR [--format onnx,aoti]``."""
+
+from __future__ import annotations
+
+from cmpf.cli import common
+
+
+def add(sub) -> None:
+    p = sub.add_parser("export", help="export graphs to ONNX / AOTInductor with a manifest")
+    p.add_argument("--model", "--preset", dest="model", required=True, metavar="PRESET", help="preset name, e.g. tiny")
+    p.add_argument("--checkpoint", help="weights (.pth); without it: random weights, saved beside the graphs")
+    p.add_argument("--out", required=True, help="artifact directory")
+    p.add_argument("--format", default="onnx", help="comma list of onnx, aoti (default: onnx)")
+    p.add_argument("--graphs", help="comma list of graphs (default: all)")
+    p.add_argument("--opset", type=int, help="ONNX opset (>= 18; default 20)")
+    p.add_argument("--external-data", action="store_true",
+                   help="ONNX weights in a separate <graph>.fp32.onnx.data file (automatic above 2 GB)")
+    common.add_device(p)
+    common.add_vocabulary(p, default=", recorded in the manifest as `cmpf run`'s default")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check of each file")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from cmpf.export.api import ExportConfig, export_model
+
+    opset = {"opset": args.opset} if args.opset else {}  # default: ExportConfig's
+    cfg = ExportConfig(model=args.model, out_dir=args.out, checkpoint=args.checkpoint,
+                       formats=common.csv(args.format) or (), graphs=common.csv(args.graphs), device=args.device,
+                       vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
+                       verify=not args.no_verify, external_data=args.external_data, **opset)
+    print(f"wrote {export_model(cfg)}")
+    return 0

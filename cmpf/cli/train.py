@@ -1,0 +1,69 @@
+"""``cmpf train``: parse flags → ``TrainConfig`` → ``cmpf.train.loop.train``.
+
+Single process: ``cmpf train --model tiny --data-root DATASETS --out runs/tiny``. Several GPUs:
+``torchrun --nproc_per_node 4 -m cmpf train ...`` (each rank trains on its own shard;
+``--batch-size`` is the global batch). ``--resume`` continues from ``OUT/last_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cmpf.config import PRESETS
+
+
+def add(sub) -> None:
+    from cmpf.data.registry import DATASETS
+
+    p = sub.add_parser("train", help="train on COCO panoptic (official recipe)",
+                       description="Train on COCO panoptic with the official recipe (one process or torchrun).")
+    p.add_argument("--model", default="frozenseg-convnext-large", choices=sorted(PRESETS),
+                   help="model preset (default: frozenseg-convnext-large)")
+    p.add_argument("--data-root", help="datasets root holding coco/ (default: $CMPF_DATASETS)")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint")
+    p.add_argument("--dataset", default="coco-panoptic-train", choices=sorted(DATASETS),
+                   help="training set (default: coco-panoptic-train)")
+    p.add_argument("--vocabulary", help="*_with_prompt_eng.txt class names (default: the JSON's names)")
+    p.add_argument("--clip-weights", help="open_clip weights of the frozen CLIP")
+    p.add_argument("--sam-weights", help="official SAM ViT-B checkpoint")
+    p.add_argument("--iters", type=int, default=368_750, help="iterations (default: 368,750)")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch over all ranks (default: 16)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--image-size", type=int, default=1024, help="LSJ crop size, a multiple of 32 (default: 1024)")
+    p.add_argument("--workers", type=int, default=4, help="data-loader workers per rank (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--checkpoint-period", type=int, default=5000, help="iterations between checkpoints (default: 5000)")
+    p.add_argument("--log-period", type=int, default=20, help="iterations between metrics lines (default: 20)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default: auto)")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
+    p.set_defaults(func=main)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The ``TrainConfig`` the parsed flags describe."""
+    from cmpf.train.loop import TrainConfig
+
+    return TrainConfig(
+        preset=args.model, data_root=args.data_root, out_dir=args.out, dataset=args.dataset,
+        vocabulary=args.vocabulary, clip_weights=args.clip_weights, sam_weights=args.sam_weights,
+        max_iter=args.iters, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+        num_workers=args.workers, seed=args.seed, checkpoint_period=args.checkpoint_period,
+        log_period=args.log_period, amp=not args.no_amp, device=args.device, resume=args.resume,
+    )  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from cmpf.train.loop import train
+
+    try:
+        result = train(config_from_args(args))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+    finally:
+        if dist.is_initialized():  # torchrun: train() joined the process group
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"wrote {result.final_weights}")
+    return 0

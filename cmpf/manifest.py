@@ -1,0 +1,259 @@
+"""``manifest.json`` of an artifact directory: the typed ``Manifest`` and the only code that knows its JSON.
+
+An artifact directory (written by ``cmpf export``) holds one file per graph and format
+(``<graph>.<precision>.onnx|.pt2``) and ``manifest.json``: the model config, the default inference
+options (sizes, thresholds, the seen classes), the vocabulary, the preprocessing constants, graph
+specs, producer versions, the weights the graphs came from and the sha256 of every file. Runners
+open files only through ``Manifest.artifact``, which refuses a file whose hash differs, naming the
+command that rebuilds the directory. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cmpf import config as C
+from cmpf.config import InferenceOptions, ModelConfig, SamConfig
+from cmpf.errors import InputError
+from cmpf.io import sha256_file, write_json
+from cmpf.spec import GraphSpec, graph_specs
+from cmpf.vocabulary import Vocabulary
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 2  # 2: inference options apart from the model config; bump on any incompatible change
+FORMAT_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2"}
+
+
+class ArtifactError(InputError):
+    """An artifact directory or file that cannot be used, with the command that rebuilds it."""
+
+
+def preprocessing(cfg: ModelConfig) -> dict:
+    """The constants of ``cmpf.preprocess`` every backend applies before the graphs (for other readers,
+    such as a C++ pipeline; checked against this cmpf's values when the manifest is read)."""
+    return {
+        "clip_pixel_mean": list(C.CLIP_PIXEL_MEAN), "clip_pixel_std": list(C.CLIP_PIXEL_STD),
+        "sam_pixel_mean": list(C.SAM_PIXEL_MEAN), "sam_pixel_std": list(C.SAM_PIXEL_STD),
+        "size_divisibility": cfg.size_divisibility, "sam_input_size": cfg.sam_input_size,
+        "axis_order": "NCHW, sizes (H, W), RGB 0-255 input",
+    }
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One exported file of one graph; names are relative to the artifact directory."""
+
+    path: str
+    precision: str
+    device: str  # what the file runs on: "any" (ONNX), "cpu" / "cuda" (AOTInductor)
+    external_data: tuple[str, ...] = ()
+    verified_rel_error: Optional[dict[str, float]] = None  # the export-time ONNX Runtime check
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    spec: GraphSpec
+    files: dict[str, GraphFile]  # format ("onnx", "aoti") -> file
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """The weights the graphs came from: an absolute path, or a file inside the directory."""
+
+    path: str
+    sha256: str
+    random_init: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One verified file of one graph."""
+
+    path: Path
+    graph: GraphSpec
+    format: str
+    device: str
+    manifest: "Manifest"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelConfig
+    inference: InferenceOptions
+    graphs: dict[str, GraphEntry]
+    spec_args: dict  # channels and embed_dim of ``cmpf.spec.graph_specs``, to re-derive the specs
+    files: dict[str, str]  # every file of the directory the manifest vouches for -> sha256
+    producer: dict[str, str]
+    command: str  # the ``cmpf export`` command line that rebuilds the directory
+    opset: Optional[int] = None
+    vocabulary: Optional[Vocabulary] = None  # the default vocabulary of ``cmpf run --artifacts``
+    weights: Optional[WeightsRecord] = None
+    directory: Optional[Path] = field(default=None, compare=False)  # where it was read from
+
+    # -- writing ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "format_version": MANIFEST_VERSION,
+            "model": dataclasses.asdict(self.model),
+            "inference": self.inference.to_json(),
+            "preprocessing": preprocessing(self.model),
+            "vocabulary": self.vocabulary.to_json() if self.vocabulary else None,
+            "weights": dataclasses.asdict(self.weights) if self.weights else None,
+            "spec_args": self.spec_args,
+            "graphs": {g: {"spec": e.spec.to_json(), "files": {f: _file_json(x) for f, x in e.files.items()}}
+                       for g, e in self.graphs.items()},
+            "producer": self.producer,
+            "export": {"command": self.command, "opset": self.opset},
+            "files": self.files,
+        }
+
+    def write(self, directory: str | Path) -> Path:
+        """Write ``manifest.json`` atomically (the last step of an export: its presence marks completion)."""
+        return write_json(Path(directory) / MANIFEST_NAME, self.to_json())
+
+    # -- reading ------------------------------------------------------------------------------
+    @staticmethod
+    def read(directory: str | Path) -> "Manifest":
+        """Load and check ``manifest.json`` (format version, fields, specs, preprocessing constants)."""
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            what = "no such directory" if not directory.is_dir() else f"no {MANIFEST_NAME}"
+            raise ArtifactError(f"{directory}: {what}; export it with `{rebuild_command(None, directory)}`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{path}: unreadable manifest ({' '.join(str(e).split())}); re-export with "
+                                f"`{rebuild_command(None, directory)}`") from None
+        command = rebuild_command(data if isinstance(data, dict) else None, directory)
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != MANIFEST_VERSION:
+            raise ArtifactError(f"{path}: manifest format version {version!r}, this cmpf reads version "
+                                f"{MANIFEST_VERSION}; re-export with `{command}`")
+        try:
+            manifest = _from_json(data, directory)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{path}: malformed manifest ({type(e).__name__}: {e}); re-export with "
+                                f"`{command}`") from None
+        manifest._check(data)
+        return manifest
+
+    def _check(self, data: dict) -> None:
+        fix = f"re-export with `{self.command}`"
+        if data.get("preprocessing") != preprocessing(self.model):
+            raise ArtifactError(f"{self.directory}: the manifest's preprocessing constants differ from this "
+                                f"cmpf's; {fix}")
+        expected = graph_specs(self.model, **self.spec_args)
+        changed = sorted(g for g, e in self.graphs.items() if e.spec != expected.get(g))
+        if changed:
+            raise ArtifactError(f"{self.directory}: graphs {changed} were exported with other tensor specs than "
+                                f"this cmpf uses; {fix}")
+
+    def verify_file(self, name: str) -> Path:
+        """Path of file ``name`` after checking it exists and matches the recorded sha256."""
+        path = Path(self.directory) / name
+        expected = self.files.get(name)
+        fix = f"re-export with `{self.command}`"
+        if expected is None:
+            raise ArtifactError(f"{path}: not listed in {MANIFEST_NAME}; {fix}")
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; {fix}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual[:12]}… does not match the manifest ({expected[:12]}…); "
+                                f"the file changed after export; {fix}")
+        return path
+
+    def artifact(self, graph: str, fmt: str) -> Artifact:
+        """The verified ``fmt`` file of ``graph`` (and its external-data files)."""
+        entry = self.graphs.get(graph)
+        if entry is None:
+            raise ArtifactError(f"{self.directory}: no graph {graph!r} (has {sorted(self.graphs)}); re-export with "
+                                f"`{self.command}`")
+        file = entry.files.get(fmt)
+        if file is None:
+            raise ArtifactError(f"{self.directory}: graph {graph!r} was not exported as {fmt} (has "
+                                f"{sorted(entry.files)}); export it with `{self.command} --format {fmt}`")
+        for extra in file.external_data:
+            self.verify_file(extra)
+        return Artifact(self.verify_file(file.path), entry.spec, fmt, file.device, self)
+
+    def require_all_graphs(self) -> None:
+        """The pipeline needs every graph of the model: refuse a partial export with the full command."""
+        expected = graph_specs(self.model, **self.spec_args)
+        missing = sorted(set(expected) - set(self.graphs))
+        if missing:
+            command = shlex.split(self.command)
+            if "--graphs" in command:
+                del command[command.index("--graphs"):command.index("--graphs") + 2]
+            raise ArtifactError(f"{self.directory}: graphs {missing} were not exported; the pipeline needs every "
+                                f"graph: `{shlex.join(command)}`")
+
+    def weights_path(self) -> Path:
+        """The verified weights file the graphs came from (for the eager ``torch`` backend)."""
+        fix = f"re-export with `{self.command}`"
+        if self.weights is None:
+            raise ArtifactError(f"{self.directory}: no weights recorded in the manifest, so the torch backend "
+                                f"cannot rebuild the model; use --backend onnxruntime|aoti, or {fix} --checkpoint CKPT")
+        path = Path(self.weights.path)
+        if not path.is_absolute():
+            return self.verify_file(self.weights.path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: checkpoint recorded in {self.directory}/{MANIFEST_NAME} is missing; {fix}")
+        if sha256_file(path) != self.weights.sha256:
+            raise ArtifactError(f"{path}: checkpoint changed since the export (sha256 differs); {fix}")
+        return path
+
+
+def rebuild_command(data: Optional[dict], directory: str | Path) -> str:
+    """The ``cmpf export`` command line that (re)creates ``directory``."""
+    export = data.get("export") if isinstance(data, dict) else None
+    if isinstance(export, dict) and export.get("command"):
+        return export["command"]
+    return f"cmpf export --model PRESET [--checkpoint CKPT] --out {directory}"
+
+
+def model_config_from_json(data: dict) -> ModelConfig:
+    """The ``ModelConfig`` stored by ``dataclasses.asdict``; unknown fields are an error."""
+    data = dict(data)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(f"the model config has fields this cmpf does not know: {unknown}")
+    if data.get("sam") is not None:
+        data["sam"] = SamConfig(**{**data["sam"], "global_attn_indexes": tuple(data["sam"]["global_attn_indexes"])})
+    return ModelConfig(**data)
+
+
+def _file_json(f: GraphFile) -> dict:
+    out = {"path": f.path, "precision": f.precision, "device": f.device, "external_data": list(f.external_data)}
+    if f.verified_rel_error is not None:
+        out["verified_rel_error"] = f.verified_rel_error
+    return out
+
+
+def _from_json(data: dict, directory: Path) -> Manifest:
+    graphs = {
+        g: GraphEntry(GraphSpec.from_json(e["spec"]), {
+            fmt: GraphFile(f["path"], f["precision"], f["device"], tuple(f.get("external_data", ())),
+                           f.get("verified_rel_error"))
+            for fmt, f in e["files"].items()})
+        for g, e in data["graphs"].items()
+    }
+    return Manifest(
+        model=model_config_from_json(data["model"]),
+        inference=InferenceOptions.from_json(data["inference"]),
+        graphs=graphs,
+        spec_args=dict(data["spec_args"]),
+        files=dict(data["files"]),
+        producer=dict(data["producer"]),
+        command=data["export"]["command"],
+        opset=data["export"].get("opset"),
+        vocabulary=Vocabulary.from_json(data["vocabulary"]) if data.get("vocabulary") else None,
+        weights=WeightsRecord(**data["weights"]) if data.get("weights") else None,
+        directory=directory,
+    )
