@@ -23,7 +23,8 @@ setup(
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "trt": ["tensorrt"],
-        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter"],
+        "bench": ["matplotlib"],
+        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib"],
     },
     entry_points={"console_scripts": ["cmpf=cmpf.cli:main"]},
 )

@@ -2,8 +2,9 @@
 
 ``capture_graph_inputs`` runs ``cmpf.pipeline.segment`` once with the reference runners and keeps
 the inputs each graph received; ``graph_parity`` feeds the same inputs to both sides and reports
-the L2-relative error of every output against the fp32 bound of ``cmpf.tolerances`` (the table the
-tests use). Masks are compared by IoU of their binarised logits.
+the L2-relative error, max abs error and cosine similarity of every output, with the bound of
+``cmpf.tolerances`` for the candidate's backend and precision (the table the tests use). Masks are
+also compared by IoU of their binarised logits. This is level 1 (tensor) of ``cmpf parity``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from cmpf.config import InferenceOptions, ModelConfig
 from cmpf.pipeline import PipelineResult, segment
 from cmpf.runtime.base import Runner
-from cmpf.tolerances import mask_iou, max_abs_error, rel_error, rel_tolerance
+from cmpf.tolerances import cosine_similarity, mask_iou, max_abs_error, rel_error, rel_tolerance
 from cmpf.vocabulary import Vocabulary
 
 MASK_OUTPUTS = ("pred_masks",)
@@ -64,6 +65,7 @@ class ParityRow:
     max_abs: float
     tolerance: float
     mask_iou: float | None = None  # binarised (logit > 0) masks
+    cosine: float | None = None  # cosine similarity of the flattened tensors
 
     @property
     def ok(self) -> bool:
@@ -74,7 +76,7 @@ class ParityRow:
 
 
 def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner],
-                 inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> list[ParityRow]:
+                 inputs: Mapping[str, Mapping[str, torch.Tensor]], precision: str = "fp32") -> list[ParityRow]:
     """One row per graph output: ``candidate[g](inputs[g])`` against ``reference[g](inputs[g])``."""
     rows = []
     for graph, feed in inputs.items():
@@ -86,7 +88,7 @@ def graph_parity(reference: Mapping[str, Runner], candidate: Mapping[str, Runner
                 raise ValueError(f"{graph}.{name}: {backend} shape {tuple(got.shape)}, eager {tuple(ref.shape)}")
             iou = mask_iou(got.cpu() > 0, ref.cpu() > 0) if name in MASK_OUTPUTS else None
             rows.append(ParityRow(graph, backend, name, rel_error(got, ref), max_abs_error(got, ref),
-                                  rel_tolerance(backend), iou))
+                                  rel_tolerance(backend, precision), iou, cosine_similarity(got, ref)))
     return rows
 
 

@@ -1,34 +1,44 @@
-"""Per-stage latency of the pipeline for one set of runners: preprocess, each graph, end to end.
+"""Per-stage latency of the pipeline for one set of runners: preprocess, each graph, ensemble,
+postprocess, end to end.
 
-Graphs are timed through their ``Runner`` call on the inputs a real image produces, so every
-backend is measured the same way; preprocessing (shared by all backends) and the whole
-``segment`` call (text classifier cached, as in ``cmpf run``) are timed separately.
+Graphs are timed through their ``Runner`` call on the inputs a real image batch produces, so every
+backend is measured the same way (inputs already on the device: host transfer excluded);
+preprocessing (shared by all backends), the ensemble and postprocessing are timed on the
+intermediates of one real run; ``segment`` is the whole call end to end (text classifier cached, as
+in ``cmpf run``; the uint8 images' host→device copy and the results' way back included).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
-from cmpf.bench.parity import capture_graph_inputs
+from cmpf.bench.parity import record_pipeline
 from cmpf.bench.timing import Timing, time_call
 from cmpf.config import InferenceOptions, ModelConfig
+from cmpf.ensemble import geometric_ensemble, valid_mask_weights
 from cmpf.pipeline import preprocess, segment
+from cmpf.postprocess import postprocess
 from cmpf.runtime.base import Runner
 from cmpf.text import TextCache
 from cmpf.vocabulary import Vocabulary
 
+END_TO_END = "segment"
+
 
 @dataclass(frozen=True)
 class StageTiming:
-    stage: str  # "preprocess", a graph name, or "segment"
+    stage: str  # "preprocess", a graph name, "ensemble", "postprocess" or "segment" (end to end)
     backend: str
     timing: Timing
+    batch: int = 1
+    shape: Optional[tuple[int, int]] = None  # (H, W) of the input images
 
     def to_json(self) -> dict:
-        return {"stage": self.stage, "backend": self.backend, **self.timing.to_json()}
+        return {"stage": self.stage, "backend": self.backend, "batch": self.batch,
+                "shape": None if self.shape is None else list(self.shape), **self.timing.to_json()}
 
 
 def time_graphs(runners: Mapping[str, Runner], inputs: Mapping[str, Mapping[str, torch.Tensor]], *,
@@ -40,14 +50,47 @@ def time_graphs(runners: Mapping[str, Runner], inputs: Mapping[str, Mapping[str,
 
 def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: torch.Tensor, vocabulary: Vocabulary,
                        *, warmup: int = 2, iters: int = 10, options: InferenceOptions = InferenceOptions(),
-                       device: str | torch.device = "cpu") -> list[StageTiming]:
-    """Stage latencies of ``segment`` on one uint8 (3, H, W) image."""
+                       device: str | torch.device = "cpu", batch: int = 1) -> list[StageTiming]:
+    """Stage latencies of ``segment`` on a batch of ``batch`` copies of one uint8 (3, H, W) image."""
     backend = next(iter(runners.values())).backend
-    prep = lambda: preprocess([image], cfg, options, device)  # noqa: E731
-    rows = [StageTiming("preprocess", "torch", time_call(prep, warmup=warmup, iters=iters))]
-    inputs = capture_graph_inputs(runners, [image], vocabulary, cfg, options, device)
+    images = [image] * batch
+    shape = tuple(image.shape[-2:])
+    rows = [StageTiming("preprocess", "torch", time_call(lambda: preprocess(images, cfg, options, device),
+                                                        warmup=warmup, iters=iters))]
+    result, inputs = record_pipeline(runners, images, vocabulary, cfg, options, device)
     rows += time_graphs(runners, inputs, warmup=warmup, iters=iters)
+    ensemble, post = _ensemble_and_postprocess(result.tensors, inputs, images, vocabulary, cfg, options, device)
+    rows.append(StageTiming("ensemble", "torch", time_call(ensemble, warmup=warmup, iters=iters)))
+    rows.append(StageTiming("postprocess", "torch", time_call(post, warmup=warmup, iters=iters)))
     text = TextCache(runners["text_encoder"], options.text_batch)
-    run = lambda: segment([image], vocabulary, runners, cfg, options, text_cache=text, device=device)  # noqa: E731
-    rows.append(StageTiming("segment", backend, time_call(run, warmup=warmup, iters=iters)))
-    return rows
+    run = lambda: segment(images, vocabulary, runners, cfg, options, text_cache=text, device=device)  # noqa: E731
+    rows.append(StageTiming(END_TO_END, backend, time_call(run, warmup=warmup, iters=iters)))
+    return [StageTiming(r.stage, r.backend, r.timing, batch, shape) for r in rows]
+
+
+def _ensemble_and_postprocess(tensors, inputs, images, vocabulary: Vocabulary, cfg: ModelConfig,
+                              options: InferenceOptions, device):
+    """The pipeline's ensemble and postprocess steps as calls on one run's intermediates."""
+    logits, masks, out_vocab = tensors["pred_logits"], tensors["pred_masks"], tensors["out_vocab_logits"]
+    res5_size = inputs["mask_classifier"]["res5"].shape[-2:]
+    seen = torch.tensor(options.seen_mask(vocabulary.classes), dtype=torch.float32, device=logits.device)
+    padded = tuple(inputs["clip_image_encoder"]["pixel_values"].shape[-2:])
+    sizes = preprocess(images, cfg, options, device).image_sizes
+    is_thing = torch.tensor(vocabulary.is_thing)
+
+    def ensemble():
+        alpha, beta = options.ensemble_alpha, options.ensemble_beta
+        if options.ensemble_on_valid_mask:
+            alpha, beta = valid_mask_weights(masks, res5_size, alpha, beta)
+        return geometric_ensemble(logits, out_vocab, seen, alpha, beta)
+
+    logprob = tensors["mask_cls_logprob"]
+
+    def post():
+        return [postprocess(logprob[i], masks[i], padded_size=padded, image_size=sizes[i],
+                            output_size=tuple(images[i].shape[-2:]), is_thing=is_thing,
+                            object_mask_threshold=options.object_mask_threshold,
+                            overlap_threshold=options.overlap_threshold, topk=options.topk,
+                            class_names=vocabulary.names) for i in range(len(images))]
+
+    return ensemble, post

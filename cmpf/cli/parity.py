@@ -1,38 +1,61 @@
-"""``cmpf parity --artifacts DIR --backend B``: eager vs a backend per graph; exit 1 out of tolerance."""
+"""``cmpf parity --reference torch --candidate DIR:BACKEND [...]``: three-level parity, gated; exit 1 on a breach."""
 
 from __future__ import annotations
 
-from cmpf.cli import bench, common
+from cmpf.cli import common
 from cmpf.errors import CheckFailed
 
 
 def add(sub) -> None:
-    p = sub.add_parser("parity", help="eager vs a backend per graph; exits 1 when out of tolerance")
-    p.add_argument("--artifacts", required=True, help="directory written by `cmpf export`")
-    common.add_backend(p, choices=("onnxruntime", "aoti"))
-    bench.add_inputs(p)
+    p = sub.add_parser("parity", help="reference vs candidates at tensor, image and dataset level; exit 1 when a "
+                                      "--fail-on rule (or a tolerance-table default) breaks")
+    p.add_argument("--reference", default="torch", help="torch (the eager model) or DIR:BACKEND (default: torch)")
+    p.add_argument("--candidate", action="append", default=[], metavar="DIR:BACKEND",
+                   help="artifacts written by `cmpf export` and the backend to run them on; repeatable")
+    common.add_source(p)
+    p.add_argument("--backend", default=None, help="with --artifacts DIR: shorthand for --candidate DIR:BACKEND")
+    p.add_argument("--fail-on", metavar="RULES",
+                   help="'rel>1e-4,cos<0.9999,pq_drop>0.1,miou_drop>0.5': rules that fail the run; each replaces the "
+                        "tolerance table's default for its metric (metrics: rel abs cos iou sem pq inst pq_drop "
+                        "miou_drop ap_drop)")
+    p.add_argument("--image", action="append", default=[], help="image file, repeatable (default: the sample image)")
+    common.add_vocabulary(p, train=False, default=" (default: the demo's classes)")
+    common.add_sizes(p)
+    common.add_device(p)
+    p.add_argument("--dataset", help="registry dataset for task metrics (level 3), or 'synthetic' (generated)")
+    p.add_argument("--data-root", metavar="DIR", help="datasets root (default: $CMPF_DATASETS)")
+    p.add_argument("--vocab-dir", metavar="DIR", help="directory of the official *_with_prompt_eng.txt files")
+    p.add_argument("--limit", type=int, help="first N images of the dataset")
+    p.add_argument("--synthetic-images", type=int, default=4, help="images of --dataset synthetic (default: 4)")
+    p.add_argument("--out", metavar="DIR", help="write parity.json, parity.md and failing graphs' inputs here")
+    p.add_argument("--json", metavar="FILE", help="also write the JSON report to this file")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from cmpf.backend import Backend
-    from cmpf.bench.parity import capture_graph_inputs, format_table, graph_parity
-    from cmpf.predictor import ModelSource, load_predictor
+    from cmpf.bench.agreement import MetricFunctions
+    from cmpf.bench.parity_run import ParityConfig, run_parity
+    from cmpf.demo import DEMO_CLASSES, SAMPLE_IMAGE
+    from cmpf.evaluation import PanopticAccumulator
+    from cmpf.evaluation.dataset_eval import evaluate_prepared
+    from cmpf.evaluation.prepare import prepare_dataset
+    from cmpf.io import write_json, write_text
+    from cmpf.vocabulary import load_vocabulary
 
-    source = ModelSource(artifacts=args.artifacts)
-    reference = load_predictor(source, Backend.TORCH, args.device)
-    candidate = load_predictor(source, args.backend or Backend.ONNXRUNTIME, args.device)
-    image, vocabulary, options = bench.inputs(args, reference)
-    inputs = capture_graph_inputs(reference.runners, [image], vocabulary, reference.cfg, options, device=args.device)
-    rows = graph_parity(reference.runners, candidate.runners, inputs)
-    print(format_table(["graph", "output", "backend", "rel. error", "tolerance", "mask IoU", "ok"],
-                       [[r.graph, r.output, r.backend, r.rel_error, r.tolerance,
-                         "-" if r.mask_iou is None else f"{r.mask_iou:.4f}", "yes" if r.ok else "NO"] for r in rows]))
-    if args.json:
-        from cmpf.io import write_json
-
-        print(f"wrote {write_json(args.json, [r.to_json() for r in rows])}")
-    failed = [f"{r.graph}.{r.output}" for r in rows if not r.ok]
-    if failed:
-        raise CheckFailed(f"out of tolerance: {', '.join(failed)}")
+    candidates = list(args.candidate) + ([f"{args.artifacts}:{args.backend or 'onnxruntime'}"] if args.artifacts else [])
+    eager = common.source(args) if args.model else None
+    vocabulary = load_vocabulary(args.vocab, args.classes if args.vocab or args.classes else DEMO_CLASSES, args.things)
+    cfg = ParityConfig(tuple(candidates), args.reference, eager, tuple(args.image) or (str(SAMPLE_IMAGE),), vocabulary,
+                       args.min_size, args.max_size, args.resize, args.fail_on, args.dataset, args.data_root,
+                       args.vocab_dir, args.limit, args.synthetic_images, out_dir=args.out, device=args.device)
+    report = run_parity(cfg, MetricFunctions(PanopticAccumulator, prepare_dataset, evaluate_prepared))
+    markdown = report.to_markdown()
+    print(markdown)
+    for path in ([f"{args.out}/parity.json"] if args.out else []) + ([args.json] if args.json else []):
+        print(f"wrote {write_json(path, report.to_json())}")
+    if args.out:
+        print(f"wrote {write_text(f'{args.out}/parity.md', markdown + chr(10))}")
+    if not report.ok:
+        first, n = report.breaches[0], len(report.breaches)
+        raise CheckFailed(f"parity gate failed: {first}" + (f" (and {n - 1} more breaches)" if n > 1 else ""))
     return 0
