@@ -1,6 +1,10 @@
 """Benchmarks and parity checks as small library calls (``cmpf bench``, ``cmpf parity``, ``cmpf demo``).
 
-``timing`` (warm-up, median / p90 of synchronised calls), ``parity`` (inputs captured from the
-pipeline, eager vs backend per graph, the fp32 tolerance table), ``stages`` (per-stage latency of
-the pipeline through the ``Runner`` calls).
+Parity: ``parity`` (graph inputs captured from the pipeline, eager vs backend per graph output),
+``agreement`` (one image's candidate vs reference segmentation), ``gates`` (``--fail-on`` rules over
+the defaults of ``cmpf.tolerances``), ``captured_inputs`` (Polygraphy's ``--load-inputs`` JSON),
+``parity_report`` (the versioned JSON and Markdown), ``parity_run`` (the three levels, end to end).
+Bench: ``timing`` (warm-up, percentiles), ``stages`` (per-stage latency through the ``Runner``
+calls), ``environment`` (the machine block), ``bench_run`` (batch × shape sweep), ``bench_report``
+(JSON / CSV / Markdown, ``--compare``), ``plots`` (matplotlib PNGs).
 """

@@ -34,6 +34,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:
             raise InputError(f"--batch {self.batches}: batch sizes must be >= 1, e.g. --batch 1,2,4")
+        if self.cuda_events and not self.device.startswith("cuda"):
+            raise InputError(f"--cuda-events needs a CUDA --device, not {self.device}; drop it or give --device cuda")
         if self.iters < 1 or self.warmup < 0:
             raise InputError("--iters must be >= 1 and --warmup >= 0")
         for s in self.shapes:
@@ -76,7 +78,8 @@ def run_bench(predictor: Predictor, image: torch.Tensor, vocabulary: Vocabulary,
             options = options_with(options, resize=False)
         for batch in cfg.batches:
             rows += benchmark_pipeline(predictor.runners, predictor.cfg, im, vocabulary, warmup=cfg.warmup,
-                                       iters=cfg.iters, options=options, device=cfg.device, batch=batch)
+                                       iters=cfg.iters, options=options, device=cfg.device, batch=batch,
+                                       cuda_events=cfg.cuda_events)
             memory.append({"batch": batch, "shape": None if shape is None else list(shape),
                            "peak_rss_mib": peak_rss_mib(), "peak_device_mib": peak_device_mib(cfg.device)})
     return BenchReport(predictor.cfg.name, str(predictor.backend), precision, rows, memory, environment(cfg.device))

@@ -42,15 +42,17 @@ class StageTiming:
 
 
 def time_graphs(runners: Mapping[str, Runner], inputs: Mapping[str, Mapping[str, torch.Tensor]], *,
-                warmup: int = 2, iters: int = 10) -> list[StageTiming]:
+                warmup: int = 2, iters: int = 10, cuda_events: bool = False) -> list[StageTiming]:
     """Latency of each runner on its captured inputs."""
-    return [StageTiming(g, runners[g].backend, time_call(lambda g=g: runners[g](inputs[g]), warmup=warmup, iters=iters))
+    return [StageTiming(g, runners[g].backend, time_call(lambda g=g: runners[g](inputs[g]), warmup=warmup, iters=iters,
+                                                         cuda_events=cuda_events))
             for g in inputs]
 
 
 def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: torch.Tensor, vocabulary: Vocabulary,
                        *, warmup: int = 2, iters: int = 10, options: InferenceOptions = InferenceOptions(),
-                       device: str | torch.device = "cpu", batch: int = 1) -> list[StageTiming]:
+                       device: str | torch.device = "cpu", batch: int = 1,
+                       cuda_events: bool = False) -> list[StageTiming]:
     """Stage latencies of ``segment`` on a batch of ``batch`` copies of one uint8 (3, H, W) image."""
     backend = next(iter(runners.values())).backend
     images = [image] * batch
@@ -58,7 +60,7 @@ def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: t
     rows = [StageTiming("preprocess", "torch", time_call(lambda: preprocess(images, cfg, options, device),
                                                         warmup=warmup, iters=iters))]
     result, inputs = record_pipeline(runners, images, vocabulary, cfg, options, device)
-    rows += time_graphs(runners, inputs, warmup=warmup, iters=iters)
+    rows += time_graphs(runners, inputs, warmup=warmup, iters=iters, cuda_events=cuda_events)
     ensemble, post = _ensemble_and_postprocess(result.tensors, inputs, images, vocabulary, cfg, options, device)
     rows.append(StageTiming("ensemble", "torch", time_call(ensemble, warmup=warmup, iters=iters)))
     rows.append(StageTiming("postprocess", "torch", time_call(post, warmup=warmup, iters=iters)))
