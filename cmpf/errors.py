@@ -20,9 +20,21 @@ class ExitCode(IntEnum):
 
 
 class CmpfError(Exception):
-    """Base of cmpf's expected errors; ``exit_code`` is what the CLI exits with."""
+    """Base of cmpf's expected errors; ``exit_code`` is what the CLI exits with.
+
+    Args:
+        message: one sentence naming the input and the fix (the CLI prints it as the last line).
+        details: optional lines printed *before* that line (e.g. a checkpoint's weight report).
+    """
 
     exit_code: ExitCode = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str = "", *args, details: str | None = None):
+        super().__init__(message, *args)
+        self.details = details
+
+    def __str__(self) -> str:  # the message alone, also when extra args were given
+        return str(self.args[0]) if self.args else ""
 
 
 class InputError(CmpfError, ValueError):
@@ -73,6 +85,8 @@ _OS_FIXES = {
 
 def describe_os_error(e: OSError) -> CmpfError:
     """The ``CmpfError`` for an ``OSError`` from writing or reading files (one line, with the fix)."""
+    if isinstance(e, CmpfError):
+        return e
     if e.errno is None:  # raised by code with a message of its own (e.g. FileNotFoundError("... missing"))
         return InputError(str(e))
     where = e.filename if e.filename is not None else "a file"

@@ -1,20 +1,45 @@
 """Writing results: semantic PNG + colour overlay, COCO panoptic PNG + JSON, COCO instance results.
 
 Every file is written atomically (a temp file in the same directory, then ``os.replace``), so an
-interrupted run never leaves a half-written file behind.
+interrupted run never leaves a half-written file behind; ``cmpf run`` writes them through a
+``cmpf.io.Staging`` so that a failed run leaves no result at all. ``check_outputs`` refuses an
+unusable ``--out`` before anything is computed.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from cmpf.codecs import encode_rle, id2rgb
-from cmpf.io import atomic_write, write_json
+from cmpf.errors import InputError
+from cmpf.io import atomic_write, check_output_dir, check_output_file, write_json
 from cmpf.postprocess import Segmentation
+
+
+RESULT_SUFFIXES = ("_semantic.png", "_overlay.png", "_panoptic.png", "_panoptic.json", "_instances.json")
+
+
+def check_outputs(out_dir: str | Path, images: Sequence[str], dump: Optional[str] = None) -> None:
+    """Refuse, before any work, an ``--out`` / ``--dump-tensors`` that cannot take the results."""
+    out_dir = check_output_dir(out_dir, "--out")
+    stems = Counter(Path(p).stem for p in images)
+    twice = sorted(s for s, n in stems.items() if n > 1)
+    if twice:
+        raise InputError(f"images {', '.join(twice)} appear twice by name (their results would overwrite each "
+                         f"other in --out {out_dir}); run them separately or rename them")
+    for stem in stems:
+        for suffix in RESULT_SUFFIXES:
+            if (out_dir / f"{stem}{suffix}").is_dir():
+                raise InputError(f"--out {out_dir}: {stem}{suffix} is a directory, in the way of a result file; "
+                                 f"remove it or choose another --out")
+    if dump is not None:
+        check_output_file(dump, "--dump-tensors")
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:

@@ -9,6 +9,7 @@ pixels, which moves the outputs far past 1e-4 (MODEL_SPEC.md §1.1).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,26 @@ from cmpf.config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, SAM_PIXEL_MEAN, SAM_PIX
 from cmpf.errors import InputError
 
 
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit (~9459²)
+MIN_SIDE = 4  # pixels; below, the /32 padding is over 98% of the CLIP input and results are noise
+MAX_ASPECT = 64  # long side / short side; beyond, the official resize leaves a short side of < 21 pixels
+_PIL_LIMIT_LOCK = threading.Lock()  # Pillow's limit is a module global: set it for one open at a time
+
+
 class ImageError(InputError):
     """An input image that cannot be used, with the reason."""
+
+
+def check_image_size(h: int, w: int, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse sizes the model cannot use (too small, too elongated) or too large to decode safely."""
+    if h * w > max_pixels:
+        raise ImageError(f"{name}: {w}x{h} is {h * w:,} pixels, above the limit of {max_pixels:,} (a possible "
+                         f"decompression bomb); pass --max-pixels {h * w} if you trust the file")
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"{name}: {w}x{h} is too small; images need at least {MIN_SIDE} pixels on each side")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ImageError(f"{name}: {w}x{h} has an aspect ratio of {max(h, w) / min(h, w):.0f}:1, above the "
+                         f"limit of {MAX_ASPECT}:1; crop or pad it first")
 
 
 def _to_rgb(img: Image.Image, name: str) -> Image.Image:
@@ -45,20 +64,30 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     raise ImageError(f"{name}: unsupported pixel format {img.mode!r}")
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as uint8 (3, H, W) RGB; raise ``ImageError`` naming the problem."""
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Read an image file as uint8 (3, H, W) RGB; raise ``ImageError`` naming the problem.
+
+    The size is checked from the header, before any pixel is decoded (``check_image_size``).
+    Animated files give their first frame; the EXIF orientation is applied (as detectron2 does).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such file" if not path.is_dir() else f"{path}: a directory, not an image")
     try:
-        with Image.open(path) as img:
-            img.load()
-            # detectron2's read_image applies the EXIF orientation
-            rgb = _to_rgb(ImageOps.exif_transpose(img), str(path))
+        with _PIL_LIMIT_LOCK:
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours is checked instead
+            try:
+                with Image.open(path) as img:
+                    check_image_size(img.height, img.width, str(path), max_pixels)
+                    img.load()
+                    # detectron2's read_image applies the EXIF orientation
+                    rgb = _to_rgb(ImageOps.exif_transpose(img), str(path))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except OSError as e:
-        raise ImageError(f"{path}: unreadable or truncated image ({e})") from None
+    except (OSError, SyntaxError, EOFError) as e:  # Pillow reports some malformed headers as SyntaxError
+        raise ImageError(f"{path}: unreadable or truncated image ({' '.join(str(e).split())})") from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -74,6 +103,7 @@ def resized_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
 
 def resize_shortest_edge(image: torch.Tensor, short: int, max_size: int) -> torch.Tensor:
     """uint8 (3, H0, W0) → uint8 (3, H, W), Pillow bilinear (bit-exact with the official mapper)."""
+    check_image_size(image.shape[-2], image.shape[-1], f"input image {tuple(image.shape)}", max_pixels=1 << 62)
     h, w = resized_shape(image.shape[1], image.shape[2], short, max_size)
     if (h, w) == tuple(image.shape[1:]):
         return image
@@ -117,6 +147,8 @@ class ModelInputs:
 def prepare_inputs(images: list[torch.Tensor], *, divisibility: int = 32, sam_size: int = 1024,
                    device: torch.device | str = "cpu") -> ModelInputs:
     """Resized images (3, H, W) uint8 or float 0-255 → the CLIP and SAM input tensors."""
+    for img in images:
+        check_image_size(img.shape[-2], img.shape[-1], f"input image {tuple(img.shape)}", max_pixels=1 << 62)
     images = [img.to(device) for img in images]
     clip = pad_batch([normalize_clip(i) for i in images], divisibility)
     sam = pad_batch([normalize_sam(i) for i in images], divisibility)

@@ -13,9 +13,10 @@ from typing import Optional
 from tqdm import tqdm
 
 from cmpf.backend import Backend
-from cmpf.outputs import dump_tensors, write_segmentation
+from cmpf.io import Staging
+from cmpf.outputs import check_outputs, dump_tensors, write_segmentation
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
-from cmpf.preprocess import load_image
+from cmpf.preprocess import DEFAULT_MAX_PIXELS, load_image
 from cmpf.vocabulary import load_vocabulary, load_vocabulary_file
 
 
@@ -32,11 +33,13 @@ class RunConfig:
     resize: Optional[bool] = None  # None: the model's default (the official resize)
     dump_tensors: Optional[str] = None
     device: str = "cpu"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (decompression bombs)
 
 
 def run(cfg: RunConfig) -> list[Path]:
     """Segment every image and write the result files; returns the paths written."""
-    images = [load_image(p) for p in cfg.images]  # fail early on any bad image
+    check_outputs(cfg.out_dir, cfg.images, cfg.dump_tensors)  # fail early on an unusable --out
+    images = [load_image(p, max_pixels=cfg.max_pixels) for p in cfg.images]  # and on any bad image
     vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
     predictor = load_predictor(cfg.source, cfg.backend, cfg.device)
     _report_weights(predictor, cfg.source)
@@ -44,14 +47,16 @@ def run(cfg: RunConfig) -> list[Path]:
     options = options_with(predictor.options, resize=cfg.resize)
     if cfg.train_vocab:
         options = options.with_seen(load_vocabulary_file(cfg.train_vocab).classes)
-    written: list[Path] = []
-    for i, (path, image) in enumerate(tqdm(list(zip(cfg.images, images)), desc="segment", unit="img")):
-        result = predictor.segment([image], vocabulary, options)
-        seg = result.segmentations[0]
-        written += write_segmentation(seg, image, cfg.out_dir, Path(path).stem, image_id=Path(path).stem).values()
-        if cfg.dump_tensors and i == 0:
-            written.append(dump_tensors(cfg.dump_tensors, result.tensors, seg))
-    return written
+    with Staging() as stage:  # all or nothing: files move into --out only once every image is done
+        out_dir = stage.directory(cfg.out_dir, "--out")
+        dump = stage.file(cfg.dump_tensors, "--dump-tensors") if cfg.dump_tensors else None
+        for i, (path, image) in enumerate(tqdm(list(zip(cfg.images, images)), desc="segment", unit="img")):
+            result = predictor.segment([image], vocabulary, options)
+            seg = result.segmentations[0]
+            write_segmentation(seg, image, out_dir, Path(path).stem, image_id=Path(path).stem)
+            if dump and i == 0:
+                dump_tensors(dump, result.tensors, seg)
+    return stage.committed
 
 
 def _report_weights(predictor: Predictor, source: ModelSource) -> None:

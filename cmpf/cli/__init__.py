@@ -3,7 +3,8 @@
 Every command module has ``add(subparsers)`` (its flags) and a ``main(args) -> int``: parse → config
 dataclass → library call → print what was written. Library code raises ``cmpf.errors.CmpfError``;
 it is caught here, once: the last line on stderr is ``error: <one sentence naming the input and the
-fix>`` and the exit code comes from ``cmpf.errors.ExitCode``. ``--debug`` (or ``CMPF_DEBUG=1``) also
+fix>`` (an error's ``details``, such as a weight report, come before it) and the exit code comes from
+``cmpf.errors.ExitCode``. ``--debug`` (or ``CMPF_DEBUG=1``) also
 prints the traceback. Nothing heavy is imported until a command runs.
 """
 
@@ -57,5 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         if debug:
             traceback.print_exc()
+        sys.stdout.flush()  # what the command printed comes before the error, never after it
+        if getattr(error, "details", None):
+            print(error.details, file=sys.stderr)
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return int(error.exit_code)

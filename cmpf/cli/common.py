@@ -56,5 +56,18 @@ def add_sizes(p: argparse.ArgumentParser) -> None:
                    help="skip the official shortest-edge resize")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def add_max_pixels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=positive_int, metavar="N",
+                   help="refuse images with more pixels, as possible decompression bombs (default: Pillow's "
+                        "limit, about 89 million)")
+
+
 def add_device(p: argparse.ArgumentParser, default: str = "cpu") -> None:
     p.add_argument("--device", default=default, help=f"torch device (default: {default})")

@@ -24,9 +24,17 @@ def add(sub) -> None:
 def main(args) -> int:
     from cmpf.export.api import ExportConfig, export_model
 
-    opset = {"opset": args.opset} if args.opset else {}  # default: ExportConfig's
+    from cmpf.errors import InputError
+
+    formats = common.csv(args.format) or ()
+    onnx_only = [flag for flag, given in (("--opset", args.opset is not None), ("--external-data", args.external_data),
+                                          ("--no-verify", args.no_verify)) if given]
+    if onnx_only and "onnx" not in formats:  # refused, not silently ignored
+        raise InputError(f"{', '.join(onnx_only)} only apply to --format onnx (this export: {args.format}); drop "
+                         f"them or add onnx to --format")
+    opset = {"opset": args.opset} if args.opset is not None else {}  # default: ExportConfig's
     cfg = ExportConfig(model=args.model, out_dir=args.out, checkpoint=args.checkpoint,
-                       formats=common.csv(args.format) or (), graphs=common.csv(args.graphs), device=args.device,
+                       formats=formats, graphs=common.csv(args.graphs), device=args.device,
                        vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
                        verify=not args.no_verify, external_data=args.external_data, **opset)
     print(f"wrote {export_model(cfg)}")

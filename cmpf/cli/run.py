@@ -15,6 +15,7 @@ def add(sub) -> None:
                    help="skip the official 800/1333 shortest-edge resize")
     p.add_argument("--out", default="out", help="output directory (default: out)")
     p.add_argument("--dump-tensors", metavar="FILE.npz", help="write the first image's tensors to this .npz")
+    common.add_max_pixels(p)
     common.add_device(p)
     p.set_defaults(func=main)
 
@@ -24,7 +25,8 @@ def main(args) -> int:
 
     cfg = RunConfig(images=tuple(args.images), out_dir=args.out, source=common.source(args), backend=args.backend,
                     vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
-                    resize=args.resize, dump_tensors=args.dump_tensors, device=args.device)
+                    resize=args.resize, dump_tensors=args.dump_tensors, device=args.device,
+                    **({"max_pixels": args.max_pixels} if args.max_pixels else {}))  # default: RunConfig's
     written = run(cfg)
     print(f"wrote {len(written)} files under {args.out}")
     return 0

@@ -44,7 +44,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             # OpenAI's RN50x64.pt (the official 'openai' CLIP weights) is a TorchScript archive; only
             # its tensors are read (no Python pickle is unpickled)
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        reason = (str(e).strip().splitlines() or [""])[0][:200]  # torch's messages run to many lines
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {reason}); "
+                              f"give the official .pth state dict") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -138,11 +140,12 @@ def load_checkpoints(model: nn.Module, checkpoint: Optional[str | Path], clip_we
         missing = [k for k in keys if k not in report.loaded_keys]
         if missing:
             report.missing[g] = missing
-    _check_required(model, report, checkpoint, own_groups)
+    files = ", ".join(str(f) for f in (checkpoint, clip_weights, sam_weights) if f is not None) or "no weight files"
+    _check_required(model, report, files, own_groups)
     return report
 
 
-def _check_required(model, report, checkpoint, own_groups) -> None:
+def _check_required(model, report, files: str, own_groups) -> None:
     problems = []
     for g, keys in own_groups.items():
         n = report.loaded.get(g, 0)
@@ -160,6 +163,6 @@ def _check_required(model, report, checkpoint, own_groups) -> None:
             problems.append(f"group '{g}' is incomplete: {len(keys) - n} of {len(keys)} tensors missing{hint}")
     # the CLIP text tower may be absent (FC-CLIP releases lack it) when text embeddings are supplied
     # separately; we still require it here because the model encodes vocabularies itself.
-    if problems:
-        raise CheckpointError("cannot load " + str(checkpoint) + ":\n  " + "\n  ".join(problems)
-                              + "\n" + report.summary())
+    if problems:  # one line; the per-group report is printed before it (``CmpfError.details``)
+        raise CheckpointError(f"cannot load {files}: " + "; ".join(problems),
+                              details="weights:\n" + report.summary())
