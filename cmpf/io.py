@@ -101,10 +101,10 @@ def torch_save(obj: Any, path: str | os.PathLike) -> Path:
     def save(tmp: str) -> None:
         try:
             torch.save(obj, tmp)
-        except RuntimeError as e:  # torch's zip writer reports a failed write as a RuntimeError
-            if "write" not in str(e):
-                raise
-            raise OSError(errno.EIO, "writing failed (disk full or a file-size limit?)", str(path)) from e
+        except RuntimeError as e:  # torch's zip writer reports a failed write (EFBIG, ENOSPC) so
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise OSError(errno.EIO, f"writing failed, the disk may be full or a file-size limit reached "
+                                     f"({reason})", str(path)) from e
 
     return atomic_write(path, save)
 
@@ -250,12 +250,11 @@ class Staging:
                 self.commit()
                 return
             except BaseException as e:
-                value = e
+                self._rename_in(e)
                 self.abort()
-                self._rename_in(value)
                 raise
-        self.abort()
         self._rename_in(value)
+        self.abort()
 
     def _rename_in(self, e: Optional[BaseException]) -> None:
         if isinstance(e, OSError) and e.filename is not None:

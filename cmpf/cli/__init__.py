@@ -23,8 +23,15 @@ from cmpf.errors import CmpfError, ExitCode, InputError, describe_os_error
 COMMANDS = (run, export, demo, bench, parity, evaluate, metrics, train, doctor)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error contract: a bad flag ends stderr with one ``error:`` line too (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(int(ExitCode.BAD_INPUT), f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmpf", description="CMPF / FrozenSeg and FC-CLIP deployment toolchain")
+    parser = _Parser(prog="cmpf", description="CMPF / FrozenSeg and FC-CLIP deployment toolchain")
     parser.add_argument("--version", action="version", version=f"cmpf {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or CMPF_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

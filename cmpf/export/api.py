@@ -2,8 +2,10 @@
 
 Stages, in order, under one progress bar: build the model (and save random weights when there is
 no checkpoint) → per graph: ``torch.export`` once, then ONNX and/or AOTInductor from that program
-(→ optional ONNX Runtime check against the eager graph) → ``manifest.json``. Every file is written
-atomically and the manifest last, so a directory without a manifest is an unfinished export.
+(→ optional ONNX Runtime check against the eager graph) → ``manifest.json``. Every file is staged
+in a temporary directory beside ``--out`` (``cmpf.io.Staging``) and moved into place only when the
+whole export succeeded, the manifest last: a failed or killed export leaves ``--out`` as it was
+(a killed one may leave a hidden staging directory, removed by the next export there).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from cmpf.config import default_options, get_config
-from cmpf.errors import InputError
+from cmpf.errors import CheckFailed, InputError
 from cmpf.export.aoti import export_aoti, program_device
 from cmpf.export.manifest import build_manifest
 from cmpf.export.onnx import DEFAULT_OPSET, export_onnx
 from cmpf.export.program import TraceSizes, example_inputs, export_program
-from cmpf.io import sha256_file, torch_save
+from cmpf.io import Staging, check_output_dir, sha256_file, torch_save
 from cmpf.manifest import FORMAT_SUFFIX, MANIFEST_NAME, GraphFile, WeightsRecord
 from cmpf.model.graphs import call_graph, graph_module, model_specs
 from cmpf.tolerances import rel_error
@@ -88,9 +90,7 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
     """
     from cmpf.model import build_model
 
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the old manifest would vouch for files about to change
+    out = check_output_dir(cfg.out_dir, "--out")
     vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
     options = default_options(get_config(cfg.model))
     if cfg.train_vocab:
@@ -103,35 +103,39 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
         raise InputError(f"model {cfg.model} has no graphs {missing}; graphs: {', '.join(specs)}")
     stages = [(g, step) for g in graphs for step in ("trace",) + tuple(cfg.formats)]
     bar = tqdm(total=len(stages) + 2, desc=f"export {cfg.model}", unit="stage", disable=not progress)
-    bar.set_postfix_str("weights")
-    weights = _record_weights(cfg, model, out)
-    bar.update()
-    files: dict[str, dict[str, GraphFile]] = {}
-    program = None
-    for graph, step in stages:
-        bar.set_postfix_str(f"{graph}: {step}")
-        if step == "trace":
-            program = _trace(model, graph, specs[graph], cfg)
-        else:
-            files.setdefault(graph, {})[step] = _write_format(program, model, graph, specs[graph], step, out, cfg)
+    with Staging(last=(MANIFEST_NAME,)) as stage:  # files reach --out together, the manifest last
+        staged = stage.directory(out, "--out")
+        bar.set_postfix_str("weights")
+        weights = _record_weights(cfg, model, staged, out)
         bar.update()
-    bar.set_postfix_str("manifest")
-    spec_args = {"channels": model.backbone.channels, "embed_dim": model.backbone.embed_dim}
-    manifest = build_manifest(model.cfg, options, {g: specs[g] for g in graphs}, spec_args, files, out,
-                              command=cfg.command(), opset=cfg.opset if "onnx" in cfg.formats else None,
-                              weights=weights, vocabulary=vocabulary)
-    path = manifest.write(out)
+        files: dict[str, dict[str, GraphFile]] = {}
+        program = None
+        for graph, step in stages:
+            bar.set_postfix_str(f"{graph}: {step}")
+            if step == "trace":
+                program = _trace(model, graph, specs[graph], cfg)
+            else:
+                files.setdefault(graph, {})[step] = _write_format(program, model, graph, specs[graph], step, staged,
+                                                                  cfg)
+            bar.update()
+        bar.set_postfix_str("manifest")
+        spec_args = {"channels": model.backbone.channels, "embed_dim": model.backbone.embed_dim}
+        manifest = build_manifest(model.cfg, options, {g: specs[g] for g in graphs}, spec_args, files, staged,
+                                  command=cfg.command(), opset=cfg.opset if "onnx" in cfg.formats else None,
+                                  weights=weights, vocabulary=vocabulary)
+        manifest.write(staged)
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # the old manifest would vouch for files about to change
     bar.update()
     bar.close()
-    return path
+    return out / MANIFEST_NAME
 
 
-def _record_weights(cfg: ExportConfig, model, out: Path) -> WeightsRecord:
+def _record_weights(cfg: ExportConfig, model, out: Path, final: Path) -> WeightsRecord:
     """The weights the graphs come from: the checkpoint's path and hash, or random weights saved here."""
     if cfg.checkpoint:
         path = Path(cfg.checkpoint).resolve()
         return WeightsRecord(str(path), sha256_file(path))
-    warnings.warn(f"no --checkpoint: exporting {cfg.model} with random weights (saved as {out / WEIGHTS_NAME})",
+    warnings.warn(f"no --checkpoint: exporting {cfg.model} with random weights (saved as {final / WEIGHTS_NAME})",
                   stacklevel=3)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch_save({"model": state}, out / WEIGHTS_NAME)
@@ -184,6 +188,6 @@ def _verify_onnx(path: Path, model, graph: str, spec) -> dict[str, float]:
         errors[name] = rel_error(actual[name], ref)
         if not errors[name] <= VERIFY_REL_ERROR:  # also catches NaN
             path.unlink()
-            raise RuntimeError(f"{path.name}: {name} differs from the eager graph by {errors[name]:.2e} (relative) "
+            raise CheckFailed(f"{path.name}: {name} differs from the eager graph by {errors[name]:.2e} (relative) "
                                f"at sizes {VERIFY_SIZES}; the file was removed")
     return errors
