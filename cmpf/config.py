@@ -98,6 +98,75 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SamMaskOptions:
+    """``SamAutomaticMaskGenerator``'s settings, with its defaults (the official run: ``OPENSEG_MASKS``).
+
+    ``max_masks`` keeps the largest masks (stable sort by area, descending), as the official
+    ``save_sam_masks.py`` keeps 50; None keeps all, in segment-anything's order.
+
+    ``source`` says which SAM image embedding the pipeline prompts: ``"embedding"`` (default) reuses
+    the one the pipeline already computed for the decoder (one SAM encoder run per image; the image
+    as the pipeline warps it to S × S), ``"image"`` re-encodes the image the way the official offline
+    script did (SamPredictor's longest-side resize, in ``channel_order``; crops need it).
+    ``channel_order``: the official offline masks were made from BGR, because the vendored
+    ``SamPredictor.set_image`` defaults to ``"BGR"`` and flips the RGB input again.
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0  # > 0 needs OpenCV (segment-anything's remove_small_regions)
+    max_masks: Optional[int] = None
+    channel_order: Literal["bgr", "rgb"] = "bgr"
+    source: Literal["embedding", "image"] = "embedding"
+
+    def __post_init__(self) -> None:
+        if self.points_per_side < 1 or self.points_per_batch < 1:
+            raise ValueError("points_per_side and points_per_batch must be >= 1")
+        if self.crop_n_layers < 0 or self.crop_n_points_downscale_factor < 1:
+            raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
+        if self.max_masks is not None and self.max_masks < 1:
+            raise ValueError(f"max_masks must be >= 1 or None, got {self.max_masks}")
+        if self.channel_order not in ("bgr", "rgb"):
+            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {self.channel_order!r}")
+        if self.source not in ("embedding", "image"):
+            raise ValueError(f"source must be 'embedding' or 'image', got {self.source!r}")
+        if self.crop_n_layers and self.source == "embedding":
+            raise ValueError("crops re-encode the image: crop_n_layers > 0 needs source='image'")
+
+
+# the official offline run (FZ:save_sam_masks.py, MODEL_SPEC.md §7.1), ViT-H weights in the paper
+OPENSEG_MASKS = SamMaskOptions(pred_iou_thresh=0.8, stability_score_thresh=0.7, crop_n_points_downscale_factor=2,
+                               min_mask_region_area=100, max_masks=50)
+
+
+@dataclass(frozen=True)
+class SamEnsembleOptions:
+    """``TEST.SAM_MASK_PRED_ALPHA`` and the keep rule of ``geo_with_sam_inference``.
+
+    ``pooling_pad``: the official zero-padding of the CLIP-resolution SAM masks to a multiple of
+    this before pooling (see ``cmpf.sam_ensemble``); None pools the masks as resized.
+    """
+
+    alpha: float = 0.2  # weight of the SAM term on unseen classes (queries get 1 - alpha)
+    keep_threshold: float = 0.5  # a SAM mask is kept if its max unseen-class probability is > this
+    pooling_pad: Optional[int] = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.pooling_pad is not None and self.pooling_pad < 1:
+            raise ValueError(f"pooling_pad must be >= 1 or None, got {self.pooling_pad}")
+
+
+@dataclass(frozen=True)
 class InferenceOptions:
     """What one run chooses: input size, ensemble weights, post-processing thresholds, seen classes.
 
@@ -105,6 +174,8 @@ class InferenceOptions:
     sizes and thresholds (``cmpf.data.registry.DatasetSpec``). ``seen`` holds the synonyms of the
     training vocabulary: a class of the run's vocabulary is *seen* (ensemble weight α, else β) when
     one of its synonyms is among them (MODEL_SPEC.md §6.2); empty = every class unseen.
+    ``sam_ensemble`` turns on the OpenSeg SAM-mask ensemble of the semantic output (MODEL_SPEC.md §7),
+    with masks made as ``sam_masks`` says (or given precomputed) and merged as ``sam_merge`` says.
     """
 
     resize: bool = True  # official ResizeShortestEdge; False feeds the image as is
@@ -118,6 +189,9 @@ class InferenceOptions:
     topk: int = 100  # instances per image
     text_batch: int = 128  # prompts per text-encoder call
     seen: tuple[str, ...] = ()
+    sam_ensemble: bool = False
+    sam_masks: SamMaskOptions = SamMaskOptions()
+    sam_merge: SamEnsembleOptions = SamEnsembleOptions()
 
     def __post_init__(self) -> None:
         if self.min_size < 1 or self.max_size < self.min_size:
@@ -145,7 +219,12 @@ class InferenceOptions:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"inference options have fields this cmpf does not know: {unknown}")
-        return InferenceOptions(**{**data, "seen": tuple(data.get("seen", ()))})
+        nested = {"seen": tuple(data.get("seen", ()))}
+        if "sam_masks" in data:
+            nested["sam_masks"] = SamMaskOptions(**data["sam_masks"])
+        if "sam_merge" in data:
+            nested["sam_merge"] = SamEnsembleOptions(**data["sam_merge"])
+        return InferenceOptions(**{**data, **nested})
 
 
 _TINY_SAM = SamConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), out_chans=64, img_size=256)

@@ -79,8 +79,12 @@ def write_segmentation(seg: Segmentation, image: torch.Tensor, out_dir: str | Pa
     return files
 
 
-def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmentation) -> Path:
-    """The parity dump of the first image: float32 arrays named as in the issue / golden README."""
+def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmentation, sam_masks=()) -> Path:
+    """The parity dump of the first image: float32 arrays named as in the issue / golden README.
+
+    With the SAM ensemble (``sam_masks``: that image's ``SamMasks``), also the masks (N, H0, W0) bool,
+    their predicted IoU, stability score and XYWH boxes; ``sem_seg`` is then the ensembled map.
+    """
     arrays = {k: v[:1].detach().float().cpu().numpy() for k, v in tensors.items()
               if k in ("pred_logits", "pred_masks", "out_vocab_logits")}
     arrays["mask_cls_logprob"] = tensors["mask_cls_logprob"][0].detach().float().cpu().numpy()
@@ -91,6 +95,11 @@ def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmen
     arrays["instance_scores"] = seg.instance_scores.float().cpu().numpy()
     arrays["instance_classes"] = seg.instance_classes.cpu().numpy()
     arrays["instance_masks"] = seg.instance_masks.cpu().numpy().astype(bool)
+    for sam in sam_masks[:1]:
+        arrays["sam_masks"] = sam.masks.cpu().numpy().astype(bool)
+        arrays["sam_predicted_iou"] = sam.predicted_iou.float().cpu().numpy()
+        arrays["sam_stability_score"] = sam.stability_score.float().cpu().numpy()
+        arrays["sam_boxes_xywh"] = sam.boxes.float().cpu().numpy()
 
     def savez(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name

@@ -101,11 +101,15 @@ def instance_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: to
 
 def postprocess(mask_cls: torch.Tensor, mask_logits: torch.Tensor, *, padded_size, image_size, output_size,
                 is_thing: torch.Tensor, object_mask_threshold: float, overlap_threshold: float,
-                topk: int, class_names: list[str]) -> Segmentation:
-    """One image: (Q, K+1) log-probs and (Q, h, w) stride-4 mask logits → ``Segmentation``."""
+                topk: int, class_names: list[str], sam=None) -> Segmentation:
+    """One image: (Q, K+1) log-probs and (Q, h, w) stride-4 mask logits → ``Segmentation``.
+
+    ``sam``: a ``cmpf.sam_ensemble.SamSemanticInputs``; the semantic output is then the OpenSeg
+    SAM-mask ensemble (panoptic and instance outputs are unchanged, as upstream).
+    """
     masks = masks_to_image(mask_logits, padded_size, image_size, output_size)
     mask_cls = mask_cls.to(masks)
-    semantic = semantic_inference(mask_cls, masks)
+    semantic = semantic_inference(mask_cls, masks) if sam is None else sam.merge(mask_cls, masks)
     panoptic, segments = panoptic_inference(mask_cls, masks, is_thing, object_mask_threshold, overlap_threshold)
     scores, classes, inst_masks = instance_inference(mask_cls, masks, is_thing, topk)
     return Segmentation(semantic, panoptic, segments, scores, classes, inst_masks, class_names)

@@ -75,11 +75,12 @@ class Predictor:
         return self.text_cache.get(self.resolve_vocabulary(vocabulary))
 
     def segment(self, images: list[torch.Tensor], vocabulary: Optional[Vocabulary] = None,
-                options: Optional[InferenceOptions] = None) -> PipelineResult:
+                options: Optional[InferenceOptions] = None, sam_masks=None) -> PipelineResult:
         """``cmpf.pipeline.segment`` with these runners, the cached text classifiers and the defaults."""
         with torch.inference_mode():
             return segment(images, self.resolve_vocabulary(vocabulary), self.runners, self.cfg,
-                           options or self.options, text_cache=self.text_cache, device=self.device)
+                           options or self.options, text_cache=self.text_cache, sam_masks=sam_masks,
+                           device=self.device)
 
     def close(self) -> None:
         for runner in self.runners.values():

@@ -15,32 +15,33 @@ region is the mask squeezed toward the top-left CLIP cells. With RN CLIP the off
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from cmpf.config import SamEnsembleOptions
 
 MaskClassifier = Callable[[torch.Tensor], torch.Tensor]  # (M, h32, w32) mask logits → (M, K+1) logits
 
 
 @dataclass(frozen=True)
-class SamEnsembleOptions:
-    """``TEST.SAM_MASK_PRED_ALPHA`` and the keep rule of ``geo_with_sam_inference``.
+class SamSemanticInputs:
+    """What the merge needs of one image's SAM masks: their logits at the original size (M, H0, W0),
+    their out-of-vocabulary logits (M, K+1), the seen flags (K,) and the merge options."""
 
-    ``pooling_pad``: the official zero-padding of the CLIP-resolution SAM masks to a multiple of
-    this before pooling (see the module docstring); None pools the masks as resized.
-    """
+    logits: torch.Tensor
+    cls_logits: torch.Tensor
+    seen: torch.Tensor
+    options: SamEnsembleOptions
 
-    alpha: float = 0.2  # weight of the SAM term on unseen classes (queries get 1 - alpha)
-    keep_threshold: float = 0.5  # a SAM mask is kept if its max unseen-class probability is > this
-    pooling_pad: Optional[int] = 32
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.pooling_pad is not None and self.pooling_pad < 1:
-            raise ValueError(f"pooling_pad must be >= 1 or None, got {self.pooling_pad}")
+    def merge(self, mask_cls: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        """(Q, K+1) log-probs, (Q, H, W) query mask logits → (K, H, W) semantic scores."""
+        sam_logits = resize_sam_logits(self.logits.to(mask_logits), tuple(mask_logits.shape[-2:]))
+        return sam_semantic_ensemble(mask_cls, mask_logits, sam_logits, self.cls_logits.to(mask_logits),
+                                     self.seen, self.options)
 
 
 def sam_masks_for_pooling(sam_logits: torch.Tensor, res5_size: tuple[int, int],

@@ -38,6 +38,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms, box_area
 
+from cmpf.config import OPENSEG_MASKS, SamMaskOptions  # noqa: F401 (re-exported)
 from cmpf.errors import InputError, MissingDependency
 from cmpf.preprocess import normalize_sam
 
@@ -51,46 +52,6 @@ ENCODER_INPUT, ENCODER_OUTPUT = "sam_pixel_values", "sam_embedding"
 MASK_THRESHOLD = Sam.mask_threshold  # 0.0: a pixel is in the mask where its logit is > 0
 OUTSIDE_LOGIT = -20.0  # logit of pixels SAM did not see (outside a crop) or outside a binary mask
 INSIDE_LOGIT = 20.0  # logit of the pixels of a binary mask (sigmoid = 1 - 2e-9)
-
-
-@dataclass(frozen=True)
-class SamMaskOptions:
-    """``SamAutomaticMaskGenerator``'s settings, with its defaults (the official run: ``OPENSEG_MASKS``).
-
-    ``max_masks`` keeps the largest masks (stable sort by area, descending), as the official
-    ``save_sam_masks.py`` keeps 50; None keeps all, in segment-anything's order. ``channel_order``
-    is what SAM sees in ``generate_masks``: the official offline masks were made from BGR, because
-    the vendored ``SamPredictor.set_image`` defaults to ``"BGR"`` and flips the RGB input again.
-    """
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0  # > 0 needs OpenCV (segment-anything's remove_small_regions)
-    max_masks: Optional[int] = None
-    channel_order: Literal["bgr", "rgb"] = "bgr"
-
-    def __post_init__(self) -> None:
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be >= 1")
-        if self.crop_n_layers < 0 or self.crop_n_points_downscale_factor < 1:
-            raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
-        if self.max_masks is not None and self.max_masks < 1:
-            raise ValueError(f"max_masks must be >= 1 or None, got {self.max_masks}")
-        if self.channel_order not in ("bgr", "rgb"):
-            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {self.channel_order!r}")
-
-
-# the official offline run (FZ:save_sam_masks.py, MODEL_SPEC.md §7.1), ViT-H weights in the paper
-OPENSEG_MASKS = SamMaskOptions(pred_iou_thresh=0.8, stability_score_thresh=0.7, crop_n_points_downscale_factor=2,
-                               min_mask_region_area=100, max_masks=50)
 
 
 @dataclass(frozen=True)

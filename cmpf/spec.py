@@ -16,7 +16,9 @@ from cmpf.config import ModelConfig
 
 Dim = Union[int, str]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
-GRAPH_NAMES = ("clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder", "mask_classifier")
+GRAPH_NAMES = ("clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder", "mask_classifier",
+               "sam_mask_decoder")
+SAM_MULTIMASK = 3  # SAM's multimask output: three masks per point prompt
 CONTEXT_LENGTH = 77
 
 
@@ -89,6 +91,18 @@ def graph_specs(cfg: ModelConfig, channels: dict[str, int], embed_dim: int) -> d
     if cfg.has_sam:
         specs["sam_image_encoder"] = GraphSpec(
             "sam_image_encoder", (TensorSpec("sam_pixel_values", ("batch", 3, s, s)),), sam_in
+        )
+        # SAM's prompt encoder + mask decoder on one image embedding (g = S / 16 cells a side), a batch
+        # of single-point prompts in the S × S input frame (labels: 1 foreground, 0 background, -1
+        # ignored); multimask low-resolution logits (4g)² and their predicted IoU (the SAM ensemble)
+        g = s // cfg.sam.patch_size
+        low = 4 * g
+        specs["sam_mask_decoder"] = GraphSpec(
+            "sam_mask_decoder",
+            (TensorSpec("sam_embedding", (1, c, g, g)), TensorSpec("point_coords", ("num_points", 1, 2)),
+             TensorSpec("point_labels", ("num_points", 1))),
+            (TensorSpec("mask_logits", ("num_points", SAM_MULTIMASK, low, low)),
+             TensorSpec("iou_predictions", ("num_points", SAM_MULTIMASK))),
         )
     return {name: specs[name] for name in GRAPH_NAMES if name in specs}
 

@@ -32,6 +32,7 @@ class TraceSizes:
     num_classes: int = 3
     num_synonyms: int = 2
     num_prompts: int = 3
+    num_points: int = 3
 
     def size_of(self, name: str) -> int:
         """Concrete value of a symbolic dim name of ``cmpf.spec``."""
@@ -77,6 +78,11 @@ def example_inputs(spec: GraphSpec, sizes: TraceSizes = TraceSizes(), device: st
         if t.name == "token_ids":
             x = torch.randint(1, 49000, shape, generator=g)
             x[:, 0], x[:, min(7, CONTEXT_LENGTH - 1)], x[:, 8:] = 49406, 49407, 0  # SOT, EOT, padding
+        elif t.name == "point_coords":  # XY inside the S × S SAM input frame (16-pixel embedding cells)
+            side = 16 * next(e.dims[-1] for e in spec.inputs if e.name == "sam_embedding")
+            x = torch.rand(shape, generator=g) * side
+        elif t.name == "point_labels":
+            x = torch.ones(shape)
         elif t.dtype == "bool":
             x = torch.rand(shape, generator=g) > 0.3
             x[..., 0] = True

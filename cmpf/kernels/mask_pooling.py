@@ -29,8 +29,10 @@ def mask_pooling_ref(x: torch.Tensor, mask_logits: torch.Tensor, upcast: bool = 
     if mask_logits.shape[-2:] != x.shape[-2:]:
         mask_logits = F.interpolate(mask_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
     mask = mask_logits.detach() > 0
-    # the area and its +1e-8 in float32 (in fp16 the 1e-8 would round away and empty masks give 0/0)
-    denom = mask.sum(dim=(-1, -2), keepdim=True, dtype=torch.float32) + 1e-8
+    # the area in float32, at least 1: equal to the official area + 1e-8 for every non-empty mask (the
+    # 1e-8 is below float32's resolution at 1) and 0 instead of 0/0 for an empty one, in fp16 too and
+    # in exported graphs (the ONNX export of "area + 1e-8" lost the 1e-8: an empty SAM mask gave NaN)
+    denom = mask.sum(dim=(-1, -2), keepdim=True, dtype=torch.float32).clamp_min(1.0)
     return torch.einsum("bchw,bqhw->bqc", x, (mask.float() / denom).to(x.dtype))
 
 

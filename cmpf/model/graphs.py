@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cmpf.model.cmpf import CMPF
+from cmpf.model.sam_mask_decoder import SamMaskDecoder
 from cmpf.spec import GraphSpec, graph_specs
 from cmpf.text import TextClassifier
 
@@ -66,12 +67,22 @@ class MaskClassifier(nn.Module):
         return self.model.classify_masks(res5, pred_masks, TextClassifier(text_embeddings, synonym_mask))
 
 
+class SamMaskDecoderGraph(nn.Module):
+    def __init__(self, model: CMPF):
+        super().__init__()
+        self.decoder = SamMaskDecoder(model.sam)
+
+    def forward(self, sam_embedding, point_coords, point_labels):
+        return self.decoder(sam_embedding, point_coords, point_labels)
+
+
 WRAPPERS = {
     "clip_image_encoder": ClipImageEncoder,
     "sam_image_encoder": SamImageEncoder,
     "text_encoder": TextEncoder,
     "decoder": Decoder,
     "mask_classifier": MaskClassifier,
+    "sam_mask_decoder": SamMaskDecoderGraph,
 }
 
 

@@ -17,35 +17,17 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam
 from torch import nn
 
-from cmpf.config import ModelConfig, SamConfig
-from cmpf.spec import GraphSpec, TensorSpec
+from cmpf.config import ModelConfig
+from cmpf.spec import GraphSpec, graph_specs
 
 GRAPH_NAME = "sam_mask_decoder"
-NUM_MULTIMASK = 3  # SAM's multimask output: three masks per prompt
-LOW_RES_FACTOR = 4  # the mask decoder upsamples the embedding grid 4× (64 → 256 for ViT-B)
 
 
-def sam_mask_decoder_spec(cfg: ModelConfig | SamConfig) -> GraphSpec:
-    """Names, dims and dtypes of the ``sam_mask_decoder`` graph for a model (or its SAM) config.
-
-    Inputs: ``sam_embedding`` (1, C, g, g) float32; ``point_coords`` (num_points, 1, 2) float32, XY
-    pixels in the S × S SAM input frame; ``point_labels`` (num_points, 1) float32 (1 = foreground,
-    0 = background, -1 = ignored, SAM's convention). Outputs: ``mask_logits``
-    (num_points, 3, 4g, 4g) float32 low-resolution logits; ``iou_predictions`` (num_points, 3) float32.
-    """
-    sam = cfg.sam if isinstance(cfg, ModelConfig) else cfg
-    if sam is None:
+def sam_mask_decoder_spec(cfg: ModelConfig) -> GraphSpec:
+    """The ``sam_mask_decoder`` spec of a model config (``cmpf.spec.graph_specs`` is its one home)."""
+    if cfg.sam is None:
         raise ValueError(f"model {cfg.name!r} has no SAM, so no {GRAPH_NAME} graph")
-    g = sam.img_size // sam.patch_size
-    low = LOW_RES_FACTOR * g
-    return GraphSpec(
-        GRAPH_NAME,
-        (TensorSpec("sam_embedding", (1, sam.out_chans, g, g)),
-         TensorSpec("point_coords", ("num_points", 1, 2)),
-         TensorSpec("point_labels", ("num_points", 1))),
-        (TensorSpec("mask_logits", ("num_points", NUM_MULTIMASK, low, low)),
-         TensorSpec("iou_predictions", ("num_points", NUM_MULTIMASK))),
-    )
+    return graph_specs(cfg, {f"res{i}": 1 for i in (2, 3, 4, 5)}, 1)[GRAPH_NAME]
 
 
 class SamMaskDecoder(nn.Module):

@@ -21,8 +21,8 @@ from cmpf.tolerances import MASK_IOU, REL, mask_iou, rel_error
 
 TOL = REL[("aoti", "fp32")]
 SMALL = ("text_encoder", "mask_classifier")
-ALL = ("clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder", "mask_classifier")
-SIZES = [(1, 3, 4, 2, 1, 1), (3, 5, 3, 7, 3, 5)]  # as in test_export_onnx: ≠ trace sizes
+ALL = ("clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder", "mask_classifier", "sam_mask_decoder")
+SIZES = [(1, 3, 4, 2, 1, 1, 1), (3, 5, 3, 7, 3, 5, 7)]  # as in test_export_onnx: ≠ trace sizes
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "aoti_cpp"
 
 

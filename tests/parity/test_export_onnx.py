@@ -21,7 +21,7 @@ from cmpf.tolerances import MASK_IOU, REL, mask_iou, rel_error  # noqa: E402
 TOL = REL[("onnxruntime", "fp32")]
 # (batch, h32, w32, num_classes, num_synonyms, num_prompts): batch 1 and 3, 96×128 and 160×96 inputs,
 # 2 and 7 classes; none equal to the trace sizes
-SIZES = [(1, 3, 4, 2, 1, 1), (3, 5, 3, 7, 3, 5)]
+SIZES = [(1, 3, 4, 2, 1, 1, 1), (3, 5, 3, 7, 3, 5, 7)]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,12 @@ def runners(artifacts):
 
 @pytest.mark.parametrize("sizes", SIZES, ids=["b1-96x128-k2", "b3-160x96-k7"])
 @pytest.mark.parametrize("graph", ["clip_image_encoder", "sam_image_encoder", "text_encoder", "decoder",
-                                   "mask_classifier"])
+                                   "mask_classifier", "sam_mask_decoder"])
 def test_graph_parity(runners, graph, sizes):
     from cmpf.export.program import TraceSizes, example_inputs
 
     eager, ort = runners
-    b, h, w, k, s, p = sizes
-    inputs = example_inputs(eager[graph].graph, TraceSizes(b, h, w, k, s, p), seed=3)
+    inputs = example_inputs(eager[graph].graph, TraceSizes(*sizes), seed=3)
     expected, actual = eager[graph](inputs), ort[graph](inputs)
     assert list(actual) == eager[graph].graph.output_names
     for name, ref in expected.items():

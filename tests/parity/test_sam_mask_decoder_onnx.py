@@ -1,7 +1,8 @@
 """The ``sam_mask_decoder`` graph: torch.export + ONNX (dynamo) with a dynamic number of points,
 ONNX Runtime vs eager, and the automatic masks through the ONNX Runtime runner.
 
-Traced with 5 points, run with 1, 7 and 70 (labels 1, 0 and -1), on the tiny SAM (256 input).
+The graph is the one of the shared tiny export (SAM input 256); run with 1, 7 and 70 points (labels
+1, 0 and -1); the torch.export program is traced with 5.
 """
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ def _inputs(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from cmpf.export.onnx import export_onnx
+def exported():
+    """The graph of the shared tiny export (``tests/exported.py``) and the eager wrapper it came from."""
+    import exported as shared
     from cmpf.export.program import export_program
-    from cmpf.model.sam_encoder import build_sam
-    from cmpf.model.sam_mask_decoder import SamMaskDecoder, sam_mask_decoder_spec
+    from cmpf.model.graphs import graph_module
 
-    torch.manual_seed(0)
-    sam = build_sam(CFG.sam)
-    module = SamMaskDecoder(sam).eval()
-    spec = sam_mask_decoder_spec(CFG)
+    path = shared.artifact(shared.tiny_export(("onnx",)), "sam_mask_decoder", "onnx").path
+    model = shared.tiny_model()  # the export's weights (seed 0)
+    module = graph_module(model, "sam_mask_decoder")
+    spec = shared.artifact(shared.tiny_export(("onnx",)), "sam_mask_decoder", "onnx").graph
     program = export_program(module, spec, _inputs(5, seed=0))
-    path = export_onnx(program, spec, tmp_path_factory.mktemp("sam_mask_decoder") / "sam_mask_decoder.fp32.onnx")[0]
-    return sam, module, spec, program, path
+    return model.sam, module, spec, program, path
 
 
 def test_onnx_dims_are_named_and_dynamic(exported):

@@ -188,7 +188,7 @@ def test_spec_names_and_shapes():
 
     spec = sam_mask_decoder_spec(PRESETS["tiny"])
     assert tuple(spec.input_names) == DECODER_INPUTS and tuple(spec.output_names) == DECODER_OUTPUTS
-    vit_b = sam_mask_decoder_spec(SAM_VIT_B)
+    vit_b = sam_mask_decoder_spec(PRESETS["frozenseg-convnext-large"])
     assert [t.dims for t in vit_b.inputs] == [(1, 256, 64, 64), ("num_points", 1, 2), ("num_points", 1)]
     assert [t.dims for t in vit_b.outputs] == [("num_points", 3, 256, 256), ("num_points", 3)]
     encoder = graph_specs(PRESETS["tiny"], {"res2": 8, "res3": 8, "res4": 8, "res5": 8}, 8)["sam_image_encoder"]
