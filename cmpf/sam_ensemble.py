@@ -52,6 +52,8 @@ def sam_masks_for_pooling(sam_logits: torch.Tensor, res5_size: tuple[int, int],
     padding bottom-right to a multiple of it and the pooling's bilinear resize back to ``res5_size``.
     """
     h, w = res5_size
+    if sam_logits.shape[0] == 0:  # no SAM mask passed the generator's filters
+        return sam_logits.new_zeros(0, h, w, dtype=torch.float32)
     x = F.interpolate(sam_logits[None].float(), size=(h, w), mode="nearest")
     if options.pooling_pad is not None:
         p = options.pooling_pad

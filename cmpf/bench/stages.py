@@ -19,7 +19,7 @@ from cmpf.bench.parity import record_pipeline
 from cmpf.bench.timing import Timing, time_call
 from cmpf.config import InferenceOptions, ModelConfig
 from cmpf.ensemble import geometric_ensemble, valid_mask_weights
-from cmpf.pipeline import preprocess, segment
+from cmpf.pipeline import sam_semantic_inputs, preprocess, segment
 from cmpf.postprocess import postprocess
 from cmpf.runtime.base import Runner
 from cmpf.text import TextCache
@@ -64,10 +64,24 @@ def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: t
     ensemble, post = _ensemble_and_postprocess(result.tensors, inputs, images, vocabulary, cfg, options, device)
     rows.append(StageTiming("ensemble", "torch", time_call(ensemble, warmup=warmup, iters=iters)))
     rows.append(StageTiming("postprocess", "torch", time_call(post, warmup=warmup, iters=iters)))
+    if options.sam_ensemble:  # the SAM masks of one image: point-grid prompts, filters, CLIP classification
+        sam = _sam_masks_stage(result.tensors, inputs, images, runners, cfg, options, device)
+        rows.append(StageTiming("sam_masks", backend, time_call(sam, warmup=warmup, iters=iters)))
     text = TextCache(runners["text_encoder"], options.text_batch)
     run = lambda: segment(images, vocabulary, runners, cfg, options, text_cache=text, device=device)  # noqa: E731
     rows.append(StageTiming(END_TO_END, backend, time_call(run, warmup=warmup, iters=iters)))
     return [StageTiming(r.stage, r.backend, r.timing, batch, shape) for r in rows]
+
+
+def _sam_masks_stage(tensors, inputs, images, runners, cfg: ModelConfig, options: InferenceOptions, device):
+    """``cmpf.pipeline.sam_semantic_inputs`` of the first image, on one run's intermediates."""
+    classifier_in = inputs["mask_classifier"]
+    feats = {"res5": classifier_in["res5"]}
+    text_in = {k: classifier_in[k] for k in ("text_embeddings", "synonym_mask")}
+    prepared = preprocess(images, cfg, options, device)
+    seen = torch.zeros(text_in["text_embeddings"].shape[0])
+    sam = {"sam_embedding": tensors["sam_embedding"]}
+    return lambda: sam_semantic_inputs(0, images, prepared, sam, feats, text_in, runners, cfg, options, seen)
 
 
 def _ensemble_and_postprocess(tensors, inputs, images, vocabulary: Vocabulary, cfg: ModelConfig,

@@ -17,6 +17,8 @@ def add(sub) -> None:
     p.add_argument("--shapes", help="image sizes HxW fed to the graphs without the official resize, e.g. "
                                     "320x416,480x640 (default: the image through the official resize)")
     p.add_argument("--cuda-events", action="store_true", help="time with CUDA events (a CUDA --device)")
+    p.add_argument("--sam-ensemble", action="store_true",
+                   help="include the SAM-mask ensemble (a sam_masks stage: mask generation + classification per image)")
     p.add_argument("--out", metavar="DIR", help="write bench.json, bench.csv, bench.md and the PNG plots here")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="print B/A ratios of two reports (and plot them with --out); runs nothing")
@@ -42,7 +44,8 @@ def inputs(args, predictor):
 
     classes = args.classes if args.vocab or args.classes else DEMO_CLASSES
     vocabulary = load_vocabulary(args.vocab, classes, args.things)
-    options = options_with(predictor.options, min_size=args.min_size, max_size=args.max_size, resize=args.resize)
+    options = options_with(predictor.options, min_size=args.min_size, max_size=args.max_size, resize=args.resize,
+                           sam_ensemble=getattr(args, "sam_ensemble", False) or None)
     return load_image(args.image or SAMPLE_IMAGE), vocabulary, options
 
 

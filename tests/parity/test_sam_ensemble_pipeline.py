@@ -89,3 +89,18 @@ def test_sam_ensemble_needs_sam(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == "error: --sam-ensemble needs a model with SAM; tiny-fcclip has none"
+
+
+def test_bench_reports_the_mask_generation(image):
+    from cmpf.bench.stages import benchmark_pipeline
+    from cmpf.config import SamMaskOptions
+    from cmpf.predictor import ModelSource, load_predictor
+    from cmpf.vocabulary import parse_class_list
+
+    eager = load_predictor(ModelSource(model="tiny"), seed=0)
+    options = dataclasses.replace(eager.options, min_size=120, max_size=160, sam_ensemble=True,
+                                  sam_masks=SamMaskOptions(points_per_side=2))
+    rows = benchmark_pipeline(eager.runners, eager.cfg, image, parse_class_list("a;b"), warmup=0, iters=1,
+                              options=options)
+    stages = [r.stage for r in rows]
+    assert "sam_mask_decoder" in stages and "sam_masks" in stages and stages[-1] == "segment"
