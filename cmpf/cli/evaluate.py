@@ -40,10 +40,12 @@ def main(args) -> int:
     from cmpf.distributed import init_distributed
     from cmpf.errors import InputError
     from cmpf.evaluation.dataset_eval import EvalConfig, evaluate
-    from cmpf.io import write_json
+    from cmpf.io import check_output_file, write_json
 
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be >= 1")
+    if args.out:
+        check_output_file(args.out, "--out")  # before the work, not after it
     source = common.source(args)  # checks the flags before joining any process group
     created, device = init_distributed(args.device)
     try:

@@ -40,8 +40,10 @@ def _instance(args: argparse.Namespace) -> tuple[dict, str]:
 
 def _command(compute: Callable[[argparse.Namespace], tuple[dict, str]]) -> Callable[[argparse.Namespace], int]:
     def main(args: argparse.Namespace) -> int:
-        from cmpf.io import write_json
+        from cmpf.io import check_output_file, write_json
 
+        if args.out:
+            check_output_file(args.out, "--out")  # before the work, not after it
         result, table = compute(args)
         print(table)
         if args.out:

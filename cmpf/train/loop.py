@@ -362,9 +362,9 @@ def train(cfg: TrainConfig, model: Optional[nn.Module] = None) -> TrainResult:
     from tqdm import tqdm
 
     env = join_process_group(cfg)
+    state, criterion, forward, text, loader, sampler, per_rank = _setup(cfg, env, model)  # checks the data first
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state, criterion, forward, text, loader, sampler, per_rank = _setup(cfg, env, model)
     seed_everything(cfg.seed + 1 + env.rank)  # point sampling differs between ranks
     last = ckpt.last_checkpoint(out_dir) if cfg.resume else None
     if last is not None:

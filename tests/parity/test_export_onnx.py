@@ -67,7 +67,7 @@ def test_pipeline_inputs_parity(runners):
     image, vocab = load_image(SAMPLE_IMAGE), parse_class_list(exported.CLASSES)
     inputs = capture_graph_inputs(eager, [image], vocab, cfg, InferenceOptions(min_size=480, max_size=640))
     rows = graph_parity(eager, ort, inputs)
-    assert {r.graph for r in rows} == set(eager)
+    assert {r.graph for r in rows} == set(eager) - {"sam_mask_decoder"}  # prompted only by the SAM ensemble
     assert all(r.ok and r.rel_error < TOL for r in rows), [r for r in rows if not r.ok]
 
 
@@ -112,7 +112,7 @@ def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_model(ExportConfig("tiny", str(tmp_path), graphs=("mask_classifier",)), model=exported.tiny_model(),
                      progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pth"]  # no half model, no temp dir, no manifest
+    assert list(tmp_path.iterdir()) == []  # all or nothing: no weights, no half model, no staging dir, no manifest
 
 
 def test_cmpf_run_artifacts_equals_eager(artifacts, tmp_path):

@@ -228,8 +228,7 @@ def _gt_pred(tmp: Path) -> list:
 
 
 # cases whose fix lies outside the files this suite's change could touch: the reason names the fix
-KNOWN = {"train-missing-data-root-exit2": "cmpf/train/loop.py makes --out before checking the data root "
-                                          "(check the dataset first, or make --out after _setup)"}
+KNOWN: dict[str, str] = {}  # case id -> why it fails today (strict xfail: fixing it flags the entry)
 
 
 def _params():
