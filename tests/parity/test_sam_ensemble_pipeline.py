@@ -104,3 +104,18 @@ def test_bench_reports_the_mask_generation(image):
                               options=options)
     stages = [r.stage for r in rows]
     assert "sam_mask_decoder" in stages and "sam_masks" in stages and stages[-1] == "segment"
+
+
+@pytest.mark.slow
+def test_online_ensemble_on_aoti_equals_eager(image):
+    """The same ensemble with every graph compiled by AOTInductor (opt-in: compiling takes minutes)."""
+    from cmpf.vocabulary import parse_class_list
+
+    directory = exported.tiny_export(("aoti",))
+    eager, aoti = exported.predictor(directory, "torch"), exported.predictor(directory, "aoti")
+    vocab = parse_class_list(exported.CLASSES)
+    options = _options(eager)
+    a, b = eager.segment([image], vocab, options), aoti.segment([image], vocab, options)
+    assert len(a.sam_masks[0]) == len(b.sam_masks[0]) > 1
+    assert mask_iou(a.sam_masks[0].masks.numpy(), b.sam_masks[0].masks.numpy()) > MASK_IOU
+    assert rel_error(b.segmentations[0].semantic, a.segmentations[0].semantic) < REL[("aoti", "fp32")]
