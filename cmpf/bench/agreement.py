@@ -4,10 +4,6 @@ Two ``Segmentation`` s of the same image (same vocabulary) → semantic-label ag
 pixels), panoptic quality of the candidate with the reference's panoptic map as ground truth
 (panopticapi semantics, through ``cmpf.evaluation.PanopticAccumulator``) and instance F1 (same
 class, mask IoU > 0.5, greedy in the candidate's score order).
-
-``cmpf.bench`` and ``cmpf.evaluation`` are independent siblings in ``.importlinter``, so the metric
-code is handed down by the caller as a ``MetricFunctions`` (``cmpf.cli.parity`` builds it); PQ,
-mIoU and AP keep their one implementation.
 """
 
 from __future__ import annotations
@@ -18,17 +14,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from cmpf.evaluation import PanopticAccumulator
 from cmpf.postprocess import Segmentation
 from cmpf.vocabulary import Vocabulary
-
-
-@dataclass(frozen=True)
-class MetricFunctions:
-    """The entry points of ``cmpf.evaluation`` that parity needs."""
-
-    panoptic_accumulator: Callable[[Sequence[Mapping[str, Any]]], Any]  # PanopticAccumulator(categories)
-    prepare_dataset: Callable[..., Any]  # prepare_dataset(name, data_root, vocab_dir, tasks, limit)
-    evaluate_prepared: Callable[..., Optional[dict]]  # evaluate_prepared(data, predict, progress)
 
 
 @dataclass(frozen=True)
@@ -51,8 +39,8 @@ def panoptic_categories(vocabulary: Vocabulary) -> list[dict]:
             for k, (name, thing) in enumerate(zip(vocabulary.names, vocabulary.is_thing))]
 
 
-def image_agreement(name: str, reference: Segmentation, candidate: Segmentation, vocabulary: Vocabulary,
-                    metrics: MetricFunctions) -> ImageAgreement:
+def image_agreement(name: str, reference: Segmentation, candidate: Segmentation,
+                    vocabulary: Vocabulary) -> ImageAgreement:
     """Candidate vs reference on one image (both at the image's size)."""
     if reference.panoptic.shape != candidate.panoptic.shape:
         raise ValueError(f"{name}: candidate segmentation {tuple(candidate.panoptic.shape)}, reference "
@@ -60,7 +48,7 @@ def image_agreement(name: str, reference: Segmentation, candidate: Segmentation,
     semantic = float((reference.semantic_labels == candidate.semantic_labels).float().mean())
     pq = None
     if reference.segments or candidate.segments:
-        acc = metrics.panoptic_accumulator(panoptic_categories(vocabulary))
+        acc = PanopticAccumulator(panoptic_categories(vocabulary))
         gt = [{**s, "iscrowd": 0} for s in reference.segments]
         acc.add(_ids(reference.panoptic), gt, _ids(candidate.panoptic), candidate.segments, image_id=name)
         pq = acc.result()["All"]["pq"]

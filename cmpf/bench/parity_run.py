@@ -22,12 +22,14 @@ from typing import Optional
 import torch
 
 from cmpf.backend import Backend
-from cmpf.bench.agreement import ImageAgreement, MetricFunctions, image_agreement
+from cmpf.bench.agreement import ImageAgreement, image_agreement
 from cmpf.bench.captured_inputs import write_polygraphy_inputs
 from cmpf.bench.gates import check, parse_rules, resolve_rules
 from cmpf.bench.parity import capture_graph_inputs, graph_parity
 from cmpf.bench.parity_report import CandidateReport, DatasetLevel, ParityReport
 from cmpf.errors import InputError
+from cmpf.evaluation.dataset_eval import evaluate_prepared
+from cmpf.evaluation.prepare import prepare_dataset
 from cmpf.manifest import Manifest
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.vocabulary import Vocabulary
@@ -87,7 +89,7 @@ def parse_side(text: str, eager: Optional[ModelSource], artifacts_fallback: Opti
     return Side(text, ModelSource(artifacts=directory), Backend.parse(backend) if backend else Backend.ONNXRUNTIME)
 
 
-def run_parity(cfg: ParityConfig, metrics: MetricFunctions) -> ParityReport:
+def run_parity(cfg: ParityConfig) -> ParityReport:
     """Compare every candidate with the reference (nothing is written but failing graphs' inputs)."""
     from cmpf.preprocess import load_image
 
@@ -95,7 +97,7 @@ def run_parity(cfg: ParityConfig, metrics: MetricFunctions) -> ParityReport:
     first_dir = next((s.split(":")[0] if ":" in s else s for s in cfg.candidates if s != "torch"), None)
     ref_side = parse_side(cfg.reference, cfg.eager, first_dir)
     sides = [parse_side(c, cfg.eager, first_dir) for c in cfg.candidates]
-    data = _dataset(cfg, metrics) if cfg.dataset else None  # checked before any model is loaded
+    data = _dataset(cfg) if cfg.dataset else None  # checked before any model is loaded
     reference = load_predictor(ref_side.source, ref_side.backend, cfg.device)
     candidates = [load_predictor(s.source, s.backend, cfg.device) for s in sides]
     for side, pred in zip(sides, candidates):
@@ -106,13 +108,13 @@ def run_parity(cfg: ParityConfig, metrics: MetricFunctions) -> ParityReport:
     images = [load_image(p) for p in names]
     inputs = capture_graph_inputs(reference.runners, images[:1], vocabulary, reference.cfg, options, cfg.device)
     ref_segs = reference.segment(images, vocabulary, options).segmentations
-    dataset_segs = _dataset_levels(cfg, data, metrics, reference, candidates) if data is not None else None
+    dataset_segs = _dataset_levels(cfg, data, reference, candidates) if data is not None else None
     reports, failing = [], set()
     for i, (side, pred) in enumerate(zip(sides, candidates)):
         precision = _precision(side, pred)
         tensors = graph_parity(reference.runners, pred.runners, inputs, precision)
         segs = pred.segment(images, vocabulary, options).segmentations
-        agree = [image_agreement(Path(n).name, r, c, vocabulary, metrics) for n, r, c in zip(names, ref_segs, segs)]
+        agree = [image_agreement(Path(n).name, r, c, vocabulary) for n, r, c in zip(names, ref_segs, segs)]
         level3 = None
         if dataset_segs is not None:
             level3, extra = dataset_segs[0][i], dataset_segs[1][i]
@@ -157,9 +159,9 @@ def _check_same_model(ref_side: Side, reference: Predictor, side: Side, candidat
                          f"({reference.cfg.name}); compare artifacts exported from the same model")
 
 
-def _dataset(cfg: ParityConfig, metrics: MetricFunctions):
+def _dataset(cfg: ParityConfig):
     if cfg.dataset != SYNTHETIC:
-        return metrics.prepare_dataset(cfg.dataset, cfg.data_root, cfg.vocab_dir, None, cfg.limit)
+        return prepare_dataset(cfg.dataset, cfg.data_root, cfg.vocab_dir, None, cfg.limit)
     from cmpf.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco_panoptic
     from cmpf.io import write_text
 
@@ -167,10 +169,10 @@ def _dataset(cfg: ParityConfig, metrics: MetricFunctions):
     make_synthetic_coco_panoptic(root, cfg.synthetic_images, cfg.synthetic_size, seed=0, split="val2017",
                                  num_crowd_only=0)
     write_text(root / "vocab" / SYNTHETIC_VOCABULARY, "".join(f"{c.id}:{c.name}\n" for c in SYNTHETIC_CLASSES))
-    return metrics.prepare_dataset("coco-panoptic-val", root, root / "vocab", None, cfg.limit)
+    return prepare_dataset("coco-panoptic-val", root, root / "vocab", None, cfg.limit)
 
 
-def _dataset_levels(cfg: ParityConfig, data, metrics: MetricFunctions, reference: Predictor,
+def _dataset_levels(cfg: ParityConfig, data, reference: Predictor,
                     candidates: list[Predictor]) -> tuple[list[DatasetLevel], list[list[ImageAgreement]]]:
     """Level 3 per candidate, and level 2 on the dataset's images (segmented once per side)."""
     spec = data.spec
@@ -185,14 +187,14 @@ def _dataset_levels(cfg: ParityConfig, data, metrics: MetricFunctions, reference
             segs.append((Path(sample.image_path).name, pred.segment([image], data.vocabulary, options).segmentations[0]))
             return segs[-1][1]
 
-        return _summary(metrics.evaluate_prepared(data, predict, progress=False)), segs
+        return _summary(evaluate_prepared(data, predict, progress=False)), segs
 
     ref_metrics, ref_segs = run(reference)
     levels, agreements = [], []
     for pred in candidates:
         cand_metrics, segs = run(pred)
         levels.append(DatasetLevel(cfg.dataset, len(data.samples), ref_metrics, cand_metrics))
-        agreements.append([image_agreement(f"{cfg.dataset}/{n}", r, c, data.vocabulary, metrics)
+        agreements.append([image_agreement(f"{cfg.dataset}/{n}", r, c, data.vocabulary)
                            for (n, r), (_, c) in zip(ref_segs, segs)])
     return levels, agreements
 

@@ -33,12 +33,8 @@ def add(sub) -> None:
 
 
 def main(args) -> int:
-    from cmpf.bench.agreement import MetricFunctions
     from cmpf.bench.parity_run import ParityConfig, run_parity
     from cmpf.demo import DEMO_CLASSES, SAMPLE_IMAGE
-    from cmpf.evaluation import PanopticAccumulator
-    from cmpf.evaluation.dataset_eval import evaluate_prepared
-    from cmpf.evaluation.prepare import prepare_dataset
     from cmpf.io import write_json, write_text
     from cmpf.vocabulary import load_vocabulary
 
@@ -48,7 +44,7 @@ def main(args) -> int:
     cfg = ParityConfig(tuple(candidates), args.reference, eager, tuple(args.image) or (str(SAMPLE_IMAGE),), vocabulary,
                        args.min_size, args.max_size, args.resize, args.fail_on, args.dataset, args.data_root,
                        args.vocab_dir, args.limit, args.synthetic_images, out_dir=args.out, device=args.device)
-    report = run_parity(cfg, MetricFunctions(PanopticAccumulator, prepare_dataset, evaluate_prepared))
+    report = run_parity(cfg)
     markdown = report.to_markdown()
     print(markdown)
     for path in ([f"{args.out}/parity.json"] if args.out else []) + ([args.json] if args.json else []):
