@@ -304,3 +304,14 @@ class Staging:
         for root, _ in self.roots:
             shutil.rmtree(root, ignore_errors=True)
         self.roots = []
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a TorchScript zip (a ``code/`` folder inside), which ``torch.load(weights_only=True)`` refuses."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cmpf.errors import InputError
+from cmpf.io import is_torchscript_archive
 
 GROUPS = {"clip_text": "text_model.", "clip_image": "img_model.", "fusion": "fusion.", "decoder": "decoder."}
 # non-tensor metadata that OpenAI's CLIP archives store next to the weights (``CL:clip/model.py::build_model``)
@@ -91,7 +92,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         obj = load_file(str(path))
-    elif _is_torchscript(path):
+    elif is_torchscript_archive(path):
         # OpenAI's ViT-L-14.pt (what ``clip.load`` reads) is a TorchScript archive: read its tensors only
         obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     else:
@@ -116,13 +117,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                               f"re-save it as torch.save({{'model': model.state_dict()}})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def clip_to_fusioner_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cmpf.errors import InputError
+from cmpf.io import is_torchscript_archive
 
 GROUPS = {"clip": "backbone.clip_model.", "sam": "sam.", "head": "sem_seg_head.", "void": "void_embedding."}
 # keys the official checkpoints carry that the model has no use for
@@ -40,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, not a torch file ...
-        if _is_torchscript(path):
+        if is_torchscript_archive(path):
             # OpenAI's RN50x64.pt (the official 'openai' CLIP weights) is a TorchScript archive; only
             # its tensors are read (no Python pickle is unpickled)
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
@@ -55,15 +56,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a state dict (or {{'model': state_dict}})")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 @dataclass
