@@ -73,7 +73,8 @@ def require(module: str, extra: str, purpose: str):
 _OS_FIXES = {
     errno.ENOSPC: "the disk is full; free space or choose another --out",
     errno.EDQUOT: "the disk quota is exhausted; free space or choose another --out",
-    errno.EFBIG: "the file is larger than this system allows (file-size limit); raise the limit or choose another --out",
+    errno.EFBIG: "the file is larger than this system allows (file-size limit); raise the limit or choose "
+                 "another --out",
     errno.EACCES: "permission denied; choose a directory you can write",
     errno.EPERM: "operation not permitted; choose a directory you can write",
     errno.EROFS: "the file system is read-only; choose another --out",

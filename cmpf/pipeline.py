@@ -1,8 +1,9 @@
 """THE path from images and a vocabulary to segmentations, shared by every backend.
 
 preprocess → encode_text (cached per vocabulary) → encode_image (CLIP, SAM) → decode →
-classify masks → ensemble → [SAM masks, classified → merged into the semantic output] → postprocess. Graph calls go through ``Runner`` objects (named tensors
-in and out), so the eager model, ONNX Runtime and AOTInductor run the very same steps.
+classify masks → ensemble → [SAM masks, classified and merged into the semantic output] →
+postprocess. Graph calls go through ``Runner`` objects (named tensors in and out), so the eager
+model, ONNX Runtime and AOTInductor run the very same steps.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def load_sam_masks(where: str, paths: tuple[str, ...], images: list) -> list:
         return [load_masks(folder, tuple(images[0].shape[-2:]))]
     masks = []
     for path, image in zip(paths, images):
-        found = [folder / f"{Path(path).stem}{ext}" for ext in (".pkl", ".npz") if (folder / f"{Path(path).stem}{ext}").is_file()]
+        found = [f for f in (folder / f"{Path(path).stem}.pkl", folder / f"{Path(path).stem}.npz") if f.is_file()]
         if not found:
             raise InputError(f"--sam-masks {where}: no {Path(path).stem}.pkl or {Path(path).stem}.npz for {path}")
         masks.append(load_masks(found[0], tuple(image.shape[-2:])))

@@ -37,7 +37,8 @@ from cmpf.vocabulary import load_vocabulary, load_vocabulary_file
 FORMATS = ("onnx", "aoti")
 PRECISION = "fp32"
 WEIGHTS_NAME = "weights.pth"
-VERIFY_SIZES = TraceSizes(batch=3, h32=3, w32=6, num_classes=5, num_synonyms=3, num_prompts=4, num_points=5)  # ≠ trace sizes
+# ≠ the trace sizes
+VERIFY_SIZES = TraceSizes(batch=3, h32=3, w32=6, num_classes=5, num_synonyms=3, num_prompts=4, num_points=5)
 VERIFY_REL_ERROR = 1e-3  # a sanity bound at export time; the parity tests hold the 1e-4 table
 
 

@@ -34,7 +34,8 @@ def run(tmp_path_factory):
     export_model(ExportConfig("frozenseg-convnext-large", str(root / "artifacts"), checkpoint=str(ckpt)),
                  progress=False)
     predictor = exported.predictor(root / "artifacts", "onnxruntime")
-    return (predictor.runners, *test_golden.golden_segment(predictor.runners, predictor.cfg))  # the same inputs as test_golden
+    # the same inputs as test_golden
+    return (predictor.runners, *test_golden.golden_segment(predictor.runners, predictor.cfg))
 
 
 def test_text_encoder_on_first_prompts(run):
