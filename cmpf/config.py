@@ -266,12 +266,20 @@ def default_options(model: str | ModelConfig) -> InferenceOptions:
     return PRESET_OPTIONS.get(name, InferenceOptions())
 
 
+def resolve_preset(preset, presets: dict, overrides: dict, what: str = "model"):
+    """A preset name from ``presets`` (or a config passed through) with ``dataclasses.replace`` overrides.
+
+    Shared by every model family; an unknown name is an ``InputError`` listing the presets.
+    """
+    if not isinstance(preset, str):
+        cfg = preset
+    elif preset in presets:
+        cfg = presets[preset]
+    else:
+        raise InputError(f"unknown {what} preset {preset!r}; choose one of: {', '.join(presets)}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
 def get_config(preset: str | ModelConfig, **overrides) -> ModelConfig:
     """Resolve a preset name (or pass a config through) and apply ``dataclasses.replace`` overrides."""
-    if isinstance(preset, ModelConfig):
-        cfg = preset
-    elif preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        raise InputError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return resolve_preset(preset, PRESETS, overrides)

@@ -7,9 +7,10 @@ upstream paths: ``shared/docs/FUSIONER_SPEC.md`` (``FU:`` = chaofanma/Fusioner @
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
+
+from cmpf.config import resolve_preset
 
 Mode = Literal["per-class", "joint"]
 Normalisation = Literal["pascal", "coco"]
@@ -72,13 +73,7 @@ PRESETS: dict[str, FusionerConfig] = {
 
 def get_config(preset: str | FusionerConfig, **overrides) -> FusionerConfig:
     """Resolve a preset name (or pass a config through) and apply ``dataclasses.replace`` overrides."""
-    if isinstance(preset, FusionerConfig):
-        cfg = preset
-    elif preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        raise ValueError(f"unknown Fusioner preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return resolve_preset(preset, PRESETS, overrides, "Fusioner")
 
 
 @dataclass(frozen=True)
