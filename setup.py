@@ -23,8 +23,11 @@ setup(
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "trt": ["tensorrt"],
+        "openvino": ["openvino"],
+        "precision": ["onnx", "onnxruntime", "onnxconverter-common"],
         "bench": ["matplotlib"],
-        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib"],
+        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib", "openvino",
+                "onnxconverter-common"],
     },
     entry_points={"console_scripts": ["cmpf=cmpf.cli:main"]},
 )

@@ -16,11 +16,16 @@ class Backend(str, Enum):
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
     AOTI = "aoti"
+    OPENVINO = "openvino"  # OpenVINO runtime reading the same ONNX files
+    TENSORRT = "tensorrt"  # engines written by `cmpf build`
+    ONNXRUNTIME_TENSORRT = "onnxruntime-tensorrt"  # ONNX Runtime's TensorRT execution provider
+    TORCH_TENSORRT = "torch-tensorrt"  # Torch-TensorRT programs written by `cmpf build --route torch-tensorrt`
 
     @property
     def format(self) -> Optional[str]:
         """The artifact file format this backend runs (None: the eager model)."""
-        return {"onnxruntime": "onnx", "aoti": "aoti"}.get(self.value)
+        return {"onnxruntime": "onnx", "aoti": "aoti", "openvino": "onnx", "tensorrt": "engine",
+                "onnxruntime-tensorrt": "onnx", "torch-tensorrt": "torchtrt"}.get(self.value)
 
     @staticmethod
     def parse(name: "str | Backend") -> "Backend":
@@ -29,8 +34,7 @@ class Backend(str, Enum):
         try:
             return Backend(name)
         except ValueError:
-            hint = (" (TensorRT engines are not built by this cmpf yet)" if name == "tensorrt" else "")
-            raise InputError(f"unknown backend {name!r}{hint}; choose one of {', '.join(BACKEND_NAMES)}") from None
+            raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
 
     def __str__(self) -> str:
         return self.value

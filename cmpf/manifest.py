@@ -26,7 +26,38 @@ from cmpf.vocabulary import Vocabulary
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2  # 2: inference options apart from the model config; bump on any incompatible change
-FORMAT_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2"}
+FORMAT_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2", "engine": ".engine", "torchtrt": ".ts"}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
+def variant_key(fmt: str, precision: str = "fp32") -> str:
+    """The key of a graph's file in ``GraphEntry.files``: ``onnx`` (fp32), ``onnx.int8``, ``engine.fp16``..."""
+    return fmt if precision == "fp32" else f"{fmt}.{precision}"
+
+
+def parse_precision(text: Optional[str], graphs) -> dict[str, str]:
+    """``fp16`` (every graph) or ``sam_image_encoder=int8,decoder=fp16`` (the rest fp32) → {graph: precision}.
+
+    ``graphs`` are the graph names the plan may name; an unknown graph or precision is an InputError.
+    """
+    graphs = list(graphs)
+    plan = {g: "fp32" for g in graphs}
+    if not text:
+        return plan
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        graph, _, precision = item.rpartition("=")
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r} in {text!r}; choose from {', '.join(PRECISIONS)}")
+        if not graph:
+            if len(items) > 1:
+                raise InputError(f"--precision {text!r}: give one precision for every graph ('fp16') or "
+                                 f"GRAPH=PRECISION pairs ('sam_image_encoder=int8,decoder=fp16'), not both")
+            return {g: precision for g in graphs}
+        if graph not in plan:
+            raise InputError(f"--precision {text!r}: no graph {graph!r}; the graphs are {', '.join(graphs)}")
+        plan[graph] = precision
+    return plan
 
 
 class ArtifactError(InputError):
@@ -53,12 +84,13 @@ class GraphFile:
     device: str  # what the file runs on: "any" (ONNX), "cpu" / "cuda" (AOTInductor)
     external_data: tuple[str, ...] = ()
     verified_rel_error: Optional[dict[str, float]] = None  # the export-time ONNX Runtime check
+    recipe: Optional[dict] = None  # how a derived file was made: its source, tool versions, settings
 
 
 @dataclass(frozen=True)
 class GraphEntry:
     spec: GraphSpec
-    files: dict[str, GraphFile]  # format ("onnx", "aoti") -> file
+    files: dict[str, GraphFile]  # variant key (``variant_key``: "onnx", "aoti", "onnx.int8", ...) -> file
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,8 @@ class Artifact:
     format: str
     device: str
     manifest: "Manifest"
+    precision: str = "fp32"
+    recipe: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -169,19 +203,53 @@ class Manifest:
                                 f"the file changed after export; {fix}")
         return path
 
-    def artifact(self, graph: str, fmt: str) -> Artifact:
-        """The verified ``fmt`` file of ``graph`` (and its external-data files)."""
+    def artifact(self, graph: str, fmt: str, precision: str = "fp32") -> Artifact:
+        """The verified ``fmt`` file of ``graph`` at ``precision`` (and its external-data files)."""
         entry = self.graphs.get(graph)
         if entry is None:
             raise ArtifactError(f"{self.directory}: no graph {graph!r} (has {sorted(self.graphs)}); re-export with "
                                 f"`{self.command}`")
-        file = entry.files.get(fmt)
+        file = entry.files.get(variant_key(fmt, precision))
+        if file is None and precision != "fp32":
+            have = ", ".join(sorted(entry.files)) or "none"
+            make = (f"cmpf quantize --artifacts {self.directory} --precision {graph}={precision}" if fmt == "onnx"
+                    else f"cmpf build --artifacts {self.directory} --precision {precision} --graphs {graph}")
+            raise ArtifactError(f"{self.directory}: graph {graph!r} has no {precision} {fmt} file (has {have}); "
+                                f"make it with `{make}`")
         if file is None:
             raise ArtifactError(f"{self.directory}: graph {graph!r} was not exported as {fmt} (has "
                                 f"{sorted(entry.files)}); export it with `{self.command} --format {fmt}`")
         for extra in file.external_data:
             self.verify_file(extra)
-        return Artifact(self.verify_file(file.path), entry.spec, fmt, file.device, self)
+        return Artifact(self.verify_file(file.path), entry.spec, fmt, file.device, self, file.precision, file.recipe)
+
+    def precisions(self, graph: str, fmt: str) -> list[str]:
+        """The precisions ``graph`` has a ``fmt`` file of (fp32 first)."""
+        entry = self.graphs.get(graph)
+        found = [f.precision for k, f in (entry.files.items() if entry else ())
+                 if k == fmt or k.startswith(fmt + ".")]
+        return sorted(found, key=lambda p: (p != "fp32", p))
+
+    def runtime_plan(self, fmt: str, precision: Optional[str]) -> dict[str, str]:
+        """{graph: precision} of ``--precision`` for this directory: one name uses that precision wherever a
+        graph has it (fp32 elsewhere; none having it is an error), ``GRAPH=PRECISION`` pairs are exact."""
+        plan = parse_precision(precision, self.graphs)
+        if precision and "=" not in precision:
+            wanted = next(iter(plan.values()))
+            plan = {g: (wanted if wanted in self.precisions(g, fmt) else "fp32") for g in plan}
+            if wanted != "fp32" and wanted not in plan.values():
+                make = (f"cmpf quantize --artifacts {self.directory} --precision {wanted}" if fmt == "onnx"
+                        else f"cmpf build --artifacts {self.directory} --precision {wanted}")
+                raise ArtifactError(f"{self.directory}: no graph has a {wanted} {fmt} file; make them with `{make}`")
+        return plan
+
+    def with_files(self, added: dict[str, dict[str, GraphFile]], hashes: dict[str, str]) -> "Manifest":
+        """A copy with derived files added: ``added`` {graph: {variant key: file}}, ``hashes`` {name: sha256}
+        of every new file (a key already there is replaced)."""
+        graphs = dict(self.graphs)
+        for graph, files in added.items():
+            graphs[graph] = GraphEntry(graphs[graph].spec, {**graphs[graph].files, **files})
+        return dataclasses.replace(self, graphs=graphs, files={**self.files, **hashes})
 
     def require_all_graphs(self) -> None:
         """The pipeline needs every graph of the model: refuse a partial export with the full command."""
@@ -233,15 +301,17 @@ def _file_json(f: GraphFile) -> dict:
     out = {"path": f.path, "precision": f.precision, "device": f.device, "external_data": list(f.external_data)}
     if f.verified_rel_error is not None:
         out["verified_rel_error"] = f.verified_rel_error
+    if f.recipe is not None:
+        out["recipe"] = f.recipe
     return out
 
 
 def _from_json(data: dict, directory: Path) -> Manifest:
     graphs = {
         g: GraphEntry(GraphSpec.from_json(e["spec"]), {
-            fmt: GraphFile(f["path"], f["precision"], f["device"], tuple(f.get("external_data", ())),
-                           f.get("verified_rel_error"))
-            for fmt, f in e["files"].items()})
+            key: GraphFile(f["path"], f["precision"], f["device"], tuple(f.get("external_data", ())),
+                           f.get("verified_rel_error"), f.get("recipe"))
+            for key, f in e["files"].items()})
         for g, e in data["graphs"].items()
     }
     return Manifest(

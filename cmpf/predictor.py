@@ -36,6 +36,7 @@ class ModelSource:
     clip_weights: Optional[str] = None
     sam_weights: Optional[str] = None
     artifacts: Optional[str] = None
+    precision: Optional[str] = None  # artifacts only: 'int8' or 'sam_image_encoder=int8,decoder=fp16'
 
     def __post_init__(self) -> None:
         files = [f for f, v in (("--checkpoint", self.checkpoint), ("--clip-weights", self.clip_weights),
@@ -45,6 +46,9 @@ class ModelSource:
                              f"(or drop --artifacts to run the eager model from those files)")
         if not self.artifacts and not self.model:
             raise InputError("no model: give --model PRESET (with --checkpoint CKPT) or --artifacts DIR")
+        if self.precision and self.precision != "fp32" and not self.artifacts:
+            raise InputError(f"--precision {self.precision} runs reduced-precision files of an artifact directory; "
+                             f"give --artifacts DIR (made by `cmpf export` then `cmpf quantize`)")
 
     @property
     def default_backend(self) -> Backend:
@@ -118,7 +122,7 @@ def _from_artifacts(source: ModelSource, backend: Backend, device) -> Predictor:
     if source.model and source.model != manifest.model.name:
         raise InputError(f"--model {source.model} asks for another model than {source.artifacts} holds "
                          f"({manifest.model.name}); drop --model or give the matching --artifacts DIR")
-    runners = load_runners(manifest, backend, device)
+    runners = load_runners(manifest, backend, device, source.precision)
     return Predictor(runners, manifest.model, backend, options=manifest.inference,
                      vocabulary=manifest.vocabulary, device=device)
 

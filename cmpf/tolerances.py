@@ -18,19 +18,26 @@ REL = {
     ("golden", "fp32"): 1e-4,  # official float32 outputs, ../shared/reference/golden
     ("golden", "fp16-stored"): 2e-3,  # golden tensors stored as float16 (quantisation ~2.4e-4 / value)
     ("torch", "fp32"): 1e-5,  # eager vs eager re-run / wrappers vs modules
+    ("torch", "fp16"): 2e-2,
     ("onnxruntime", "fp32"): 1e-4,
     ("aoti", "fp32"): 1e-4,
-    ("onnxruntime", "fp16"): 2e-2,
-    ("onnxruntime", "int8"): 1e-1,
     ("aoti", "fp16"): 2e-2,
-    ("torch", "fp16"): 2e-2,
+    ("openvino", "fp32"): 1e-4,  # OpenVINO CPU with the f32 inference-precision hint
+    # TensorRT on GPU: fp32 layers may use TF32 (10-bit mantissa) unless the build disables it
+    ("tensorrt", "fp32"): 1e-3,
+    ("onnxruntime-tensorrt", "fp32"): 1e-3,
+    ("torch-tensorrt", "fp32"): 1e-3,
 }
+# reduced-precision files (cmpf.precision): the same bound on every backend that runs them
+for _backend in ("onnxruntime", "openvino", "tensorrt", "onnxruntime-tensorrt", "torch-tensorrt"):
+    REL.update({(_backend, "fp16"): 2e-2, (_backend, "bf16"): 5e-2, (_backend, "int8"): 1e-1,
+                (_backend, "fp8"): 1.5e-1})
 MASK_IOU = 0.99  # binarised (logit > 0) masks, fp32 backends
 MASK_IOU_LOW_PRECISION = 0.9
 SEMANTIC_GAP = 1e-5  # semantic argmax compared only where the top-2 score gap exceeds this
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 # precision -> metric -> (comparison that FAILS, bound). Levels: tensor (per graph output), image
 # (candidate vs reference per image), dataset (task metrics on a dataset, drops in points of %).
@@ -54,6 +61,8 @@ GATES: dict[str, dict[str, tuple[str, float]]] = {
         "inst": ("<", 0.6), "pq_drop": (">", 3.0), "miou_drop": (">", 3.0), "ap_drop": (">", 3.0),
     },
 }
+GATES["bf16"] = dict(GATES["fp16"])  # bf16 keeps 8 mantissa bits to fp16's 11: the same gates, looser rel
+GATES["fp8"] = dict(GATES["int8"])
 GATE_LEVELS = {"rel": "tensor", "abs": "tensor", "cos": "tensor", "iou": "tensor", "sem": "image", "pq": "image",
                "inst": "image", "pq_drop": "dataset", "miou_drop": "dataset", "ap_drop": "dataset"}
 

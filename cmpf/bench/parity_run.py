@@ -30,7 +30,7 @@ from cmpf.bench.parity_report import CandidateReport, DatasetLevel, ParityReport
 from cmpf.errors import InputError
 from cmpf.evaluation.dataset_eval import evaluate_prepared
 from cmpf.evaluation.prepare import prepare_dataset
-from cmpf.manifest import Manifest
+from cmpf.manifest import PRECISIONS, Manifest
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.vocabulary import Vocabulary
 
@@ -76,17 +76,32 @@ class Side:
 
 
 def parse_side(text: str, eager: Optional[ModelSource], artifacts_fallback: Optional[str]) -> Side:
-    """``torch`` | ``DIR:BACKEND`` | ``DIR`` → a side (a bad backend or a missing dir is an InputError)."""
+    """``torch`` | ``DIR[:BACKEND[:PRECISION]]`` → a side (a bad backend or a missing dir is an InputError).
+
+    PRECISION is ``--precision``'s value (``int8``); GRAPH=P pairs separated by ``+``
+    (``sam_image_encoder=int8+decoder=fp16``) since the side itself is a comma-free token.
+    """
     if text == "torch":
         source = eager or (ModelSource(artifacts=artifacts_fallback) if artifacts_fallback else None)
         if source is None:
             raise InputError("--reference torch needs the eager model: give --model PRESET [--checkpoint CKPT] or a "
                              "candidate artifacts DIR to rebuild it from")
         return Side(text, source, Backend.TORCH)
-    directory, _, backend = text.rpartition(":") if ":" in text else (text, "", "")
+    directory, backend, precision = _split_side(text)
     if not Path(directory).is_dir():
         raise InputError(f"{text}: {directory} is not a directory; give DIR:BACKEND with DIR written by `cmpf export`")
-    return Side(text, ModelSource(artifacts=directory), Backend.parse(backend) if backend else Backend.ONNXRUNTIME)
+    return Side(text, ModelSource(artifacts=directory, precision=precision),
+                Backend.parse(backend) if backend else Backend.ONNXRUNTIME)
+
+
+def _split_side(text: str) -> tuple[str, str, Optional[str]]:
+    parts = text.split(":")
+    precision = None
+    if len(parts) >= 3 and any(parts[-1].endswith(p) for p in PRECISIONS):
+        precision = parts.pop().replace("+", ",")
+    if len(parts) == 1:
+        return parts[0], "", precision
+    return ":".join(parts[:-1]), parts[-1], precision
 
 
 def run_parity(cfg: ParityConfig) -> ParityReport:
@@ -94,7 +109,7 @@ def run_parity(cfg: ParityConfig) -> ParityReport:
     from cmpf.preprocess import load_image
 
     overrides = parse_rules(cfg.fail_on)
-    first_dir = next((s.split(":")[0] if ":" in s else s for s in cfg.candidates if s != "torch"), None)
+    first_dir = next((_split_side(s)[0] for s in cfg.candidates if s != "torch"), None)
     ref_side = parse_side(cfg.reference, cfg.eager, first_dir)
     sides = [parse_side(c, cfg.eager, first_dir) for c in cfg.candidates]
     data = _dataset(cfg) if cfg.dataset else None  # checked before any model is loaded
@@ -145,12 +160,12 @@ def _values(tensors, images: list[ImageAgreement], dataset: Optional[DatasetLeve
 
 
 def _precision(side: Side, predictor: Predictor) -> str:
+    """The precision whose tolerance row judges the side: the lowest of its graphs' files."""
     if side.backend is Backend.TORCH:
         return "fp32"
     manifest = Manifest.read(Path(side.source.artifacts))
-    fmt = side.backend.format
-    found = {e.files[fmt].precision for e in manifest.graphs.values() if fmt in e.files}
-    return "fp32" if found <= {"fp32"} else next(iter(sorted(found - {"fp32"})))
+    found = set(manifest.runtime_plan(side.backend.format, side.source.precision).values())
+    return next((p for p in ("fp8", "int8", "bf16", "fp16") if p in found), "fp32")
 
 
 def _check_same_model(ref_side: Side, reference: Predictor, side: Side, candidate: Predictor) -> None:

@@ -21,6 +21,9 @@ def add_source(p: argparse.ArgumentParser, *, artifacts: bool = True) -> None:
     p.add_argument("--sam-weights", help="sam_vit_b_01ec64.pth, when the checkpoint lacks SAM")
     if artifacts:
         p.add_argument("--artifacts", metavar="DIR", help="directory written by `cmpf export` (instead of --model)")
+        p.add_argument("--precision", metavar="P",
+                       help="with --artifacts: files of this precision (fp16, bf16, int8, fp8) wherever a graph has "
+                            "one, or GRAPH=P pairs such as 'sam_image_encoder=int8,decoder=fp16' (default: fp32)")
 
 
 def source(args: argparse.Namespace, default_model: Optional[str] = None):
@@ -30,7 +33,8 @@ def source(args: argparse.Namespace, default_model: Optional[str] = None):
     if model is None and getattr(args, "artifacts", None) is None:
         model = default_model
     return ModelSource(model=model, checkpoint=args.checkpoint, clip_weights=args.clip_weights,
-                       sam_weights=args.sam_weights, artifacts=getattr(args, "artifacts", None))
+                       sam_weights=args.sam_weights, artifacts=getattr(args, "artifacts", None),
+                       precision=getattr(args, "precision", None))
 
 
 def add_backend(p: argparse.ArgumentParser, choices=BACKEND_NAMES) -> None:

@@ -7,6 +7,8 @@ every graph of an artifact directory for one backend. Only the torch runner impo
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from cmpf.backend import Backend
@@ -16,7 +18,7 @@ from cmpf.runtime.base import Runner
 
 
 def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.device = "cpu") -> Runner:
-    """A runner for one verified graph file (``Manifest.artifact``).
+    """A runner for one verified graph file (``Manifest.artifact``, of any precision).
 
     For ``torch``, any file of the graph will do: the eager model is rebuilt from the manifest's
     config and recorded weights.
@@ -39,22 +41,51 @@ def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.
                                     f"re-export on that device: `{artifact.manifest.command} --device "
                                     f"{torch.device(device).type}`")
             return AotiRunner(artifact.path, artifact.graph, device)
+        case Backend.OPENVINO:
+            require("openvino", "openvino", "the openvino backend")
+            from cmpf.runtime.openvino_runner import OpenVinoRunner
+
+            return OpenVinoRunner(artifact.path, artifact.graph, device)
+        case Backend.TENSORRT:
+            require("tensorrt", "trt", "the tensorrt backend")
+            from cmpf.runtime.tensorrt_runner import TensorRTRunner
+
+            return TensorRTRunner(artifact, device)
+        case Backend.ONNXRUNTIME_TENSORRT:
+            require("onnxruntime", "onnx", "the onnxruntime-tensorrt backend")
+            from cmpf.runtime.ort_tensorrt_runner import OrtTensorRTRunner
+
+            return OrtTensorRTRunner(artifact, device)
+        case Backend.TORCH_TENSORRT:
+            require("torch_tensorrt", "trt", "the torch-tensorrt backend")
+            from cmpf.runtime.torch_tensorrt_runner import TorchTensorRTRunner
+
+            return TorchTensorRTRunner(artifact, device)
         case Backend.TORCH:
             from cmpf.runtime.torch_runner import TorchRunner, model_from_manifest
 
             return TorchRunner(model_from_manifest(artifact.manifest, device), artifact.graph.name)
 
 
-def load_runners(manifest: Manifest, backend: str | Backend,
-                 device: str | torch.device = "cpu") -> dict[str, Runner]:
-    """Runners for every graph of an artifact directory (all of the model's graphs must be there)."""
+def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch.device = "cpu",
+                 precision: Optional[str] = None) -> dict[str, Runner]:
+    """Runners for every graph of an artifact directory (all of the model's graphs must be there).
+
+    Args:
+        precision: ``--precision``: ``int8`` (that precision wherever a graph has it, fp32 elsewhere) or
+            ``sam_image_encoder=int8,decoder=fp16`` (exact); None: fp32 (``Manifest.runtime_plan``).
+    """
     backend = Backend.parse(backend)
     manifest.require_all_graphs()  # before loading anything
     if backend is Backend.TORCH:
+        if precision and set(manifest.runtime_plan("onnx", precision).values()) != {"fp32"}:
+            raise ArtifactError(f"--precision {precision}: the torch backend runs the fp32 eager model; run the "
+                                f"reduced-precision files with --backend onnxruntime or openvino")
         from cmpf.runtime.torch_runner import model_from_manifest, torch_runners
 
         return torch_runners(model_from_manifest(manifest, device))
-    return {g: load_runner(backend, manifest.artifact(g, backend.format), device) for g in manifest.graphs}
+    plan = manifest.runtime_plan(backend.format, precision)
+    return {g: load_runner(backend, manifest.artifact(g, backend.format, plan[g]), device) for g in manifest.graphs}
 
 
 __all__ = ["ArtifactError", "Artifact", "Runner", "load_runner", "load_runners"]

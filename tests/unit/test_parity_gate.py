@@ -129,7 +129,7 @@ def test_gate_fails_on_perturbed_weights(artifacts, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--candidate", "{a}:tensorrt"], "unknown backend 'tensorrt'"),
+    (["--candidate", "{a}:tflite"], "unknown backend 'tflite'"),
     (["--candidate", "{a}", "--fail-on", "rel>>1"], "--fail-on: cannot parse rule"),
     (["--candidate", "/nonexistent/dir:onnxruntime"], "is not a directory"),
     (["--candidate", "{a}", "--dataset", "coco-panoptic-val", "--data-root", "{tmp}"], ""),

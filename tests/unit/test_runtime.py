@@ -142,7 +142,7 @@ def test_load_runner_backends(text_only):
     artifact = graph_artifact(text_only, "text_encoder", "onnx")
     with pytest.raises(ValueError, match="unknown backend 'tflite'; choose one of torch, onnxruntime, aoti"):
         load_runner("tflite", artifact)
-    with pytest.raises(ValueError, match="TensorRT engines are not built by this cmpf yet"):
+    with pytest.raises(ArtifactError, match="a onnx file cannot run on the tensorrt backend .it needs engine"):
         load_runner("tensorrt", artifact)
     with pytest.raises(ArtifactError, match="a onnx file cannot run on the aoti backend"):
         load_runner("aoti", artifact)
