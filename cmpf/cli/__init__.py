@@ -17,10 +17,10 @@ import traceback
 from typing import Optional, Sequence
 
 from cmpf import __version__
-from cmpf.cli import bench, demo, doctor, evaluate, export, metrics, parity, run, train
+from cmpf.cli import bench, demo, doctor, evaluate, export, metrics, parity, quantize, run, train
 from cmpf.errors import CmpfError, ExitCode, InputError, describe_os_error
 
-COMMANDS = (run, export, demo, bench, parity, evaluate, metrics, train, doctor)
+COMMANDS = (run, export, quantize, demo, bench, parity, evaluate, metrics, train, doctor)
 
 
 class _Parser(argparse.ArgumentParser):
