@@ -21,7 +21,9 @@ TensorRT is imported inside ``register_tensorrt_plugins`` only: importing this m
 No ``from __future__ import annotations`` here: ``trtp.register`` reads the real type hints.
 """
 
-PLUGIN_IDS = ("cmpf::masked_attention", "cmpf::mask_pooling", "cmpf::ms_deform_attn")
+PLUGIN_NAMESPACE = "cmpf"
+PLUGIN_OPS = {"masked_attention": 4, "mask_pooling": 2, "ms_deform_attn": 4}  # op -> number of inputs
+PLUGIN_IDS = tuple(f"{PLUGIN_NAMESPACE}::{op}" for op in PLUGIN_OPS)
 _FLOAT_IO = "FP32|FP16|BF16"  # '|' = dependent: all float I/O of one call share a dtype
 _registered = False
 
