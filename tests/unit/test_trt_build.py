@@ -1,0 +1,380 @@
+"""``cmpf build`` and the TensorRT runners without TensorRT: profiles from the specs, the build plan, the
+orchestration with a fake builder (staging, manifest entries, recipe round trip, timing cache), the
+refusal logic, and the runners' binding logic against stand-in engines and modules."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import exported
+from cmpf.cli import main
+from cmpf.engines import build as B
+from cmpf.engines.profiles import DEFAULT_RANGES, DimRange, Profile, parse_shapes, profiles_from, shapes_text
+from cmpf.errors import EnvironmentProblem, InputError, MissingDependency
+from cmpf.manifest import ArtifactError, Manifest
+from cmpf.runtime import load_runner
+from cmpf.runtime.ort_tensorrt_runner import (CACHE_DIR_NAME, OrtTensorRTRunner, engine_cache_dir,
+                                              tensorrt_provider_options, tensorrt_providers)
+from cmpf.runtime.tensorrt_runner import DeviceFacts, EngineRecipe, TensorRTRunner, check_engine, choose_profile
+from cmpf.runtime.torch_tensorrt_runner import TorchTensorRTRunner
+from cmpf.spec import GraphSpec, TensorSpec
+
+
+@pytest.fixture()
+def artifacts(tmp_path):
+    return exported.copy_of(exported.tiny_export(("onnx",)), tmp_path)
+
+
+# -- profiles -------------------------------------------------------------------------------------------
+def test_profile_shapes_follow_the_spec_dims():
+    spec = Manifest.read(exported.tiny_export(("onnx",))).graphs["decoder"].spec
+    (profile,) = profiles_from(["height=320:640:1344,width=320:960:1344,batch=1:2:4,num_classes=1:150:1000"])
+    shapes = profile.shapes(spec)
+    assert shapes["res2"] == ((1, 40, 80, 80), (2, 40, 160, 240), (4, 40, 336, 336))  # h4 = height / 4
+    assert shapes["res5"] == ((1, 320, 10, 10), (2, 320, 20, 30), (4, 320, 42, 42))
+    assert shapes["sam_embedding"] == ((1, 64, 16, 16), (2, 64, 16, 16), (4, 64, 16, 16))  # static dims kept
+    synonyms = DEFAULT_RANGES["num_synonyms"]
+    assert shapes["synonym_mask"] == ((1, synonyms.min), (150, synonyms.opt), (1000, synonyms.max))
+    assert Profile.from_json(profile.to_json()) == profile
+    assert profiles_from([shapes_text(profile)]) == (profile,)
+
+
+def test_shapes_text_is_checked():
+    assert parse_shapes("batch=2, num_classes=1:150:1000") == {"batch": DimRange(2, 2, 2),
+                                                               "num_classes": DimRange(1, 150, 1000)}
+    assert len(profiles_from(["batch=1", "batch=2:4:8"])) == 2 and profiles_from() == profiles_from([])
+    for bad, why in (("h32=4", "derived from height"), ("tokens=3", "unknown dim"), ("batch", "NAME=MIN:OPT:MAX"),
+                     ("batch=1:2", "NAME=MIN:OPT:MAX"), ("batch=x", "integers"), ("batch=4:2:8", "MIN <= OPT"),
+                     ("batch=1,batch=2", "given twice")):
+        with pytest.raises(InputError, match=why):
+            parse_shapes(bad)
+    with pytest.raises(InputError, match="multiple of 32"):
+        profiles_from(["height=320:800:1333"])
+
+
+# -- the plan and the pure pieces of the build ------------------------------------------------------------
+def test_plan_picks_sources_profiles_and_names(artifacts):
+    manifest = Manifest.read(artifacts)
+    cfg = B.EngineConfig(str(artifacts), graphs=("decoder", "text_encoder"), shapes=("batch=1:1:2", "batch=3:4:8"))
+    jobs = B.plan_builds(manifest, cfg)
+    assert [(j.graph, j.precision, j.name, j.source.path.name) for j in jobs] == [
+        ("decoder", "fp32", "decoder.fp32.engine", "decoder.fp32.onnx"),
+        ("text_encoder", "fp32", "text_encoder.fp32.engine", "text_encoder.fp32.onnx")]
+    assert [p.range_of("batch") for p in jobs[0].profiles] == [DimRange(1, 1, 2), DimRange(3, 4, 8)]
+    with pytest.raises(ArtifactError, match="cmpf quantize --artifacts .* --precision decoder=fp16"):
+        B.plan_builds(manifest, B.EngineConfig(str(artifacts), precision="fp16", graphs=("decoder",)))
+    with pytest.raises(InputError, match="not in"):
+        B.plan_builds(manifest, B.EngineConfig(str(artifacts), graphs=("nope",)))
+    with pytest.raises(InputError, match="torch-tensorrt builds fp32 or fp16"):
+        B.plan_builds(manifest, B.EngineConfig(str(artifacts), precision="int8", route="torch-tensorrt"))
+
+
+def test_config_checks_and_rebuild_command():
+    cfg = B.EngineConfig("art", precision="fp16", shapes=("batch=1:1:4",), timing_cache="t.cache", opt_level=5,
+                         plugins=("ms_deform_attn",))
+    assert cfg.command(("decoder",), "fp16") == ("cmpf build --artifacts art --precision fp16 --graphs decoder "
+                                                "--shapes batch=1:1:4 --timing-cache t.cache --opt-level 5 "
+                                                "--plugins ms_deform_attn")
+    assert B.EngineConfig("art").command(("decoder",), "fp32") == "cmpf build --artifacts art --graphs decoder"
+    for bad in (dict(opt_level=6), dict(workspace_gb=0), dict(plugins=("flash",)), dict(route="onnx"),
+                dict(route="torch-tensorrt", plugins=("mask_pooling",))):
+        with pytest.raises(InputError):
+            B.EngineConfig("art", **bad)
+
+
+def test_network_flags_and_version_floor():
+    class Flag(enum.IntEnum):  # TensorRT's NetworkDefinitionCreationFlag values
+        EXPLICIT_BATCH = 0
+        STRONGLY_TYPED = 1
+        PREFER_AOT_PYTHON_PLUGINS = 2
+        PREFER_JIT_PYTHON_PLUGINS = 3
+
+    assert B.network_flags(Flag, ()) == 0b10
+    assert B.network_flags(Flag, ("mask_pooling",)) == 0b110
+    assert B.workspace_bytes(1.5) == 3 << 29
+    for ok in ("10.12.0.36", "10.15.1", "11.5.0.2"):
+        B.check_tensorrt_version(ok)
+    with pytest.raises(MissingDependency, match=">= 10.12"):
+        B.check_tensorrt_version("10.11.0.33")
+
+
+def test_plugin_nodes_need_plugins():
+    B.check_plugins("decoder", set(), B.EngineConfig("a"))
+    B.check_plugins("decoder", {"ms_deform_attn"}, B.EngineConfig("a", plugins=("ms_deform_attn", "mask_pooling")))
+    with pytest.raises(InputError, match="--plugins mask_pooling,ms_deform_attn"):
+        B.check_plugins("decoder", {"ms_deform_attn", "mask_pooling"}, B.EngineConfig("a"))
+
+
+def test_parser_errors_become_lines():
+    err = SimpleNamespace(node_name=lambda: "", node=lambda: 7, node_operator=lambda: "Unique",
+                          desc=lambda: "No importer registered\n for op: Unique")
+    named = SimpleNamespace(node_name=lambda: "n1", node=lambda: 1, node_operator=lambda: "Resize", desc=lambda: "bad")
+    assert B.parser_error_lines([err, named]) == ["node #7 (Unique): No importer registered for op: Unique",
+                                                 "n1 (Resize): bad"]
+
+
+# -- the orchestration, with a fake builder ----------------------------------------------------------------
+class FakeBuilder:
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on = [], fail_on
+
+    def __call__(self, job, spec, out, timing_cache):
+        if job.graph == self.fail_on:
+            raise RuntimeError("builder crashed")
+        self.calls.append((job.graph, timing_cache))
+        out.write_bytes(b"engine of " + job.graph.encode())
+        return B.BuildResult("10.13.0.35", "NVIDIA H200", "9.0", ("a builder warning",), 12.5,
+                             (timing_cache or b"") + b"+" + job.graph.encode())
+
+
+def test_build_writes_engines_and_manifest_entries(artifacts, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cfg = B.EngineConfig(str(artifacts), graphs=("decoder", "mask_classifier"), timing_cache=str(cache),
+                         shapes=("batch=1:1:2",))
+    fake = FakeBuilder()
+    assert B.build_engines(cfg, builder=fake) == artifacts / "manifest.json"
+    assert fake.calls == [("decoder", None), ("mask_classifier", b"+decoder")]  # the cache flows through
+    assert cache.read_bytes() == b"+decoder+mask_classifier"
+    manifest = Manifest.read(artifacts)
+    artifact = manifest.artifact("decoder", "engine")  # hash-checked like every file
+    assert artifact.path.read_bytes() == b"engine of decoder" and artifact.device == "cuda"
+    recipe = EngineRecipe.from_json(artifact.recipe, artifact.path)
+    onnx_sha = manifest.files["decoder.fp32.onnx"]
+    assert (recipe.tensorrt, recipe.gpu, recipe.compute_capability, recipe.source, recipe.source_sha256) == (
+        "10.13.0.35", "NVIDIA H200", "9.0", "decoder.fp32.onnx", onnx_sha)
+    assert recipe.profiles[0]["batch"] == [1, 1, 2] and recipe.warnings == ("a builder warning",)
+    assert recipe.builder["strongly_typed"] and recipe.build_seconds == 12.5 and recipe.built_at.endswith("+00:00")
+    assert recipe.command == (f"cmpf build --artifacts {artifacts} --graphs decoder --shapes batch=1:1:2 "
+                              f"--timing-cache {cache}")
+    assert EngineRecipe.from_json(json.loads(json.dumps(recipe.to_json())), "x") == recipe  # JSON round trip
+    assert manifest.artifact("decoder", "onnx").path.name == "decoder.fp32.onnx"  # the rest is untouched
+    assert main(["doctor", "--onnx", str(manifest.artifact("decoder", "onnx").path)]) == 0
+
+
+def test_a_failed_build_leaves_the_directory_as_it_was(artifacts):
+    before = {p.name: p.read_bytes() for p in artifacts.iterdir() if p.is_file() and p.suffix != ".onnx"}
+    with pytest.raises(RuntimeError, match="builder crashed"):
+        B.build_engines(B.EngineConfig(str(artifacts), graphs=("decoder", "text_encoder")),
+                        builder=FakeBuilder(fail_on="text_encoder"))
+    after = {p.name: p.read_bytes() for p in artifacts.iterdir() if p.is_file() and p.suffix != ".onnx"}
+    assert after == before and not list(artifacts.parent.glob(".*staging*"))
+
+
+def test_cli_build_errors_are_one_line(artifacts, capsys):
+    assert main(["build", "--artifacts", str(artifacts / "missing")]) == 2
+    assert main(["build", "--artifacts", str(artifacts), "--opt-level", "9"]) == 2
+    assert main(["build", "--artifacts", str(artifacts), "--shapes", "tokens=4"]) == 2
+    code = main(["build", "--artifacts", str(artifacts), "--graphs", "decoder"])
+    err = capsys.readouterr().err.strip().splitlines()
+    if code == 3:  # no TensorRT here: the missing extra, named
+        assert err[-1] == "error: cmpf build needs tensorrt, which is not installed; pip install 'cmpf[trt]'"
+    else:  # TensorRT present without a GPU
+        assert code in (0, 3), err
+
+
+# -- refusal logic --------------------------------------------------------------------------------------------
+def _recipe(**kw):
+    values = dict(tensorrt="10.13.0.35", gpu="NVIDIA H200", compute_capability="9.0", source="decoder.fp32.onnx",
+                  source_sha256="ab", precision="fp32", profiles=({"batch": [1, 1, 4]},), built_at="2026-01-01",
+                  build_seconds=1.0, builder={}, warnings=(), command="cmpf build --artifacts art --graphs decoder")
+    return EngineRecipe(**{**values, **kw})
+
+
+def test_engines_of_another_tensorrt_or_gpu_are_refused_with_the_rebuild_command():
+    recipe = _recipe()
+    assert check_engine(recipe, DeviceFacts("10.13.0.35", "NVIDIA H200", "9.0"), "d.engine") == []
+    with pytest.raises(ArtifactError) as e:
+        check_engine(recipe, DeviceFacts("10.14.1.48", "NVIDIA H200", "9.0"), "d.engine")
+    assert str(e.value) == ("d.engine: built by TensorRT 10.13.0.35, this is TensorRT 10.14.1.48 (engines only load "
+                            "in the version that built them); rebuild it with `cmpf build --artifacts art --graphs "
+                            "decoder`")
+    with pytest.raises(ArtifactError, match=r"compute capability 9.0\), this GPU is NVIDIA L4 \(8.9\); rebuild it on "
+                                            r"this GPU with `cmpf build --artifacts art --graphs decoder`"):
+        check_engine(recipe, DeviceFacts("10.13.0.35", "NVIDIA L4", "8.9"), "d.engine")
+    (warning,) = check_engine(recipe, DeviceFacts("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0"), "d.engine")
+    assert "same compute capability" in warning and "\n" not in warning
+    for bad in (None, {"recipe_version": 0}, {"recipe_version": 1, "tensorrt": "10"}):
+        with pytest.raises(ArtifactError, match="cmpf build --artifacts"):
+            EngineRecipe.from_json(bad, "art/d.engine")
+
+
+# -- the TensorRT runner's binding, against a stand-in engine ----------------------------------------------
+Mode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+DataType = enum.Enum("DataType", "FLOAT HALF INT64 BOOL")
+TOY = GraphSpec("toy", (TensorSpec("x", ("batch", 4)), TensorSpec("keep", ("batch", 4), "bool")),
+                (TensorSpec("y", ("batch", 4)), TensorSpec("count", ("batch",), "int64")))
+
+
+def _view(ptr, shape, ctype, dtype):
+    n = int(np.prod(shape))
+    return np.frombuffer((ctype * n).from_address(ptr), dtype=dtype).reshape(shape) if n else np.zeros(shape, dtype)
+
+
+class FakeContext:
+    """Reads its inputs and writes its outputs through the raw addresses the runner bound, as TensorRT does."""
+
+    def __init__(self):
+        self.shapes, self.addresses, self.profiles = {}, {}, []
+
+    def set_optimization_profile_async(self, index, stream):
+        self.profiles.append(index)
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def get_tensor_shape(self, name):
+        batch = self.shapes["x"][0]
+        return (batch, 4) if name == "y" else (batch,)
+
+    def execute_async_v3(self, stream):
+        shape = self.shapes["x"]
+        x = _view(self.addresses["x"], shape, ctypes.c_float, np.float32)
+        keep = _view(self.addresses["keep"], shape, ctypes.c_bool, np.bool_)
+        _view(self.addresses["y"], shape, ctypes.c_float, np.float32)[...] = np.where(keep, 2 * x + 1, 0)
+        _view(self.addresses["count"], shape[:1], ctypes.c_int64, np.int64)[...] = keep.sum(1)
+        return True
+
+
+class FakeEngine:
+    num_optimization_profiles = 2
+
+    def __init__(self, dtypes=None):
+        self.tensors = {"x": (Mode.INPUT, DataType.FLOAT), "keep": (Mode.INPUT, DataType.BOOL),
+                        "count": (Mode.OUTPUT, DataType.INT64), "y": (Mode.OUTPUT, DataType.FLOAT), **(dtypes or {})}
+        self.context = FakeContext()
+
+    num_io_tensors = property(lambda self: len(self.tensors))
+
+    def get_tensor_name(self, i):
+        return list(self.tensors)[i]
+
+    def get_tensor_mode(self, name):
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.tensors[name][1]
+
+    def get_tensor_profile_shape(self, name, index):
+        low, high = ((1, 2), (3, 8))[index]
+        return [(low, 4), (high, 4), (high, 4)]
+
+    def create_execution_context(self):
+        return self.context
+
+
+def _toy_runner(engine=None):
+    return TensorRTRunner.from_engine(engine or FakeEngine(), TOY, "cpu", input_mode=Mode.INPUT,
+                                      command="cmpf build --artifacts art --graphs toy", stream=lambda: 0)
+
+
+def test_runner_binds_by_name_and_picks_the_profile():
+    engine = FakeEngine()
+    runner = _toy_runner(engine)
+    for batch, profile in ((2, 0), (5, 1), (1, 0)):
+        x = torch.randn(batch, 4)
+        keep = torch.rand(batch, 4) > 0.5
+        out = runner({"keep": keep, "x": x})
+        torch.testing.assert_close(out["y"], torch.where(keep, 2 * x + 1, torch.zeros(())))
+        assert out["count"].tolist() == keep.sum(1).tolist() and out["count"].dtype == torch.int64
+        assert engine.context.profiles[-1] == profile
+    assert engine.context.profiles == [0, 1, 0]  # switched only when the shapes moved to another profile
+    non_contiguous = torch.randn(4, 2).t()  # bound after .contiguous(): the addresses are right
+    keep = torch.ones(2, 4, dtype=torch.bool)
+    torch.testing.assert_close(runner({"x": non_contiguous, "keep": keep})["y"], 2 * non_contiguous + 1)
+    with pytest.raises(InputError, match=r"outside every optimisation profile .*profile 1: x \(3, 4\)..\(8, 4\).*"
+                                         r"rebuild with wider --shapes: `cmpf build --artifacts art --graphs toy`"):
+        runner({"x": torch.randn(9, 4), "keep": torch.ones(9, 4, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="missing inputs"):
+        runner({"x": torch.randn(2, 4)})
+
+
+def test_runner_refuses_an_engine_whose_io_differs_from_the_spec():
+    with pytest.raises(ArtifactError, match="engine I/O differs from the toy spec .*y: torch.float16"):
+        _toy_runner(FakeEngine({"y": (Mode.OUTPUT, DataType.HALF)}))
+    assert choose_profile(FakeEngine(), {"x": (3, 4), "keep": (3, 4)}) == 1
+    assert choose_profile(FakeEngine(), {"x": (3, 5), "keep": (3, 4)}) is None
+
+
+def test_tensorrt_backend_needs_tensorrt(artifacts):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        B.build_engines(B.EngineConfig(str(artifacts), graphs=("decoder",)), builder=FakeBuilder())
+        artifact = Manifest.read(artifacts).artifact("decoder", "engine")
+        with pytest.raises(MissingDependency, match=r"pip install 'cmpf\[trt\]'"):
+            load_runner("tensorrt", artifact, "cuda")
+    else:
+        pytest.skip("TensorRT is installed: the missing-extra message is not reachable")
+
+
+# -- ONNX Runtime's TensorRT execution provider ------------------------------------------------------------
+def test_ort_tensorrt_provider_options(artifacts, tmp_path):
+    options = tensorrt_provider_options("int8", 1, tmp_path)
+    assert options["device_id"] == "1" and options["trt_engine_cache_path"] == str(tmp_path)
+    assert (options["trt_int8_enable"], options["trt_fp16_enable"]) == ("True", "False")
+    assert tensorrt_provider_options("fp16", 0, tmp_path)["trt_fp16_enable"] == "True"
+    providers = tensorrt_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                   options, 1)
+    assert [p if isinstance(p, str) else p[0] for p in providers] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(EnvironmentProblem, match="TensorrtExecutionProvider"):
+        tensorrt_providers(["CPUExecutionProvider"], options, 0)
+    artifact = Manifest.read(artifacts).artifact("decoder", "onnx")
+    assert engine_cache_dir(artifact.path) == artifacts.resolve() / CACHE_DIR_NAME
+    with pytest.raises(InputError, match="CUDA devices"):
+        OrtTensorRTRunner(artifact, "cpu")
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(EnvironmentProblem, match="TensorrtExecutionProvider"):
+            load_runner("onnxruntime-tensorrt", artifact, "cuda")
+
+
+# -- Torch-TensorRT -------------------------------------------------------------------------------------------
+def test_torch_tensorrt_settings_and_ranges(artifacts):
+    from cmpf.engines.torch_tensorrt import compile_ranges, compile_settings
+
+    manifest = Manifest.read(artifacts)
+    (job,) = B.plan_builds(manifest, B.EngineConfig(str(artifacts), graphs=("mask_classifier",), route="torch-tensorrt",
+                                                    precision="fp16"))
+    assert job.name == "mask_classifier.fp16.ts" and job.source is None
+    settings = compile_settings(job, B.EngineConfig(str(artifacts), opt_level=4))
+    assert settings["enable_autocast"] and settings["autocast_low_precision_type"] == torch.float16
+    assert settings["use_explicit_typing"] and settings["optimization_level"] == 4
+    ranges = compile_ranges(job, manifest.graphs["mask_classifier"].spec)
+    assert [r[0] for r in ranges] == ["res5", "pred_masks", "text_embeddings", "synonym_mask"]
+    assert ranges[-1][-1] == torch.bool and ranges[0][1] == (1, 320, 10, 10)
+    two = B.plan_builds(manifest, B.EngineConfig(str(artifacts), graphs=("mask_classifier",), route="torch-tensorrt",
+                                                 shapes=("batch=1", "batch=2")))[0]
+    with pytest.raises(InputError, match="one optimisation profile"):
+        compile_ranges(two, manifest.graphs["mask_classifier"].spec)
+
+
+def test_torch_tensorrt_runner_binds_positionally():
+    class Toy(torch.nn.Module):
+        def forward(self, x, keep):
+            return torch.where(keep, 2 * x + 1, torch.zeros_like(x)), keep.sum(1)
+
+    runner = TorchTensorRTRunner.from_module(torch.jit.script(Toy()), TOY, "cpu")
+    x, keep = torch.randn(3, 4), torch.rand(3, 4) > 0.5
+    out = runner({"keep": keep, "x": x})
+    assert list(out) == ["y", "count"] and out["count"].tolist() == keep.sum(1).tolist()
+
+    class Short(torch.nn.Module):
+        def forward(self, x, keep):
+            return x
+
+    with pytest.raises(ArtifactError, match="returns 1 tensors"):
+        TorchTensorRTRunner.from_module(torch.jit.script(Short()), TOY, "cpu")({"x": x, "keep": keep})
