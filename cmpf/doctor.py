@@ -1,4 +1,5 @@
-"""``cmpf doctor``: what this machine offers (torch/CUDA, ONNX Runtime providers, Triton, TensorRT)."""
+"""``cmpf doctor``: what this machine offers (torch/CUDA, ONNX Runtime providers, OpenVINO devices, Triton,
+TensorRT)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def report() -> list[tuple[str, str]]:
             ("cpu threads", str(torch.get_num_threads()))]
     if torch.cuda.is_available():
         rows.append(("gpu", torch.cuda.get_device_name(0)))
-    for name in ("open_clip", "segment_anything", "onnx", "onnxruntime", "triton", "tensorrt"):
+    for name in ("open_clip", "segment_anything", "onnx", "onnxruntime", "openvino", "triton", "tensorrt"):
         rows.append((name, _version(name)))
     if importlib.util.find_spec("onnxruntime") is not None:
         try:
@@ -36,8 +37,25 @@ def report() -> list[tuple[str, str]]:
             rows.append(("onnxruntime providers", ", ".join(onnxruntime.get_available_providers())))
         except Exception as e:
             rows.append(("onnxruntime providers", f"error: {e}"))
+    if importlib.util.find_spec("openvino") is not None:
+        rows.extend(_openvino_rows())
     rows.append(("g++ (AOTInductor CPU)", _which("g++")))
     return rows
+
+
+def _openvino_rows() -> list[tuple[str, str]]:
+    """OpenVINO's devices and what its CPU plugin can run here (FP32, INT8, BF16, FP16 kernels)."""
+    try:
+        import openvino
+
+        core = openvino.Core()
+        devices = core.available_devices
+        rows = [("openvino devices", ", ".join(devices) or "none")]
+        if "CPU" in devices:
+            rows.append(("openvino CPU capabilities", ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))))
+        return rows
+    except Exception as e:
+        return [("openvino devices", f"error: {e}")]
 
 
 def _which(cmd: str) -> str:

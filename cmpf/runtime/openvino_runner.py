@@ -1,0 +1,96 @@
+"""OpenVINO runner: one ``.onnx`` graph (fp32, fp16 casts or Q/DQ int8) on OpenVINO's CPU plugin.
+
+OpenVINO reads the same ONNX file ONNX Runtime runs (external weights beside it too) and compiles it
+for the latency hint: one stream, one thread per physical core of this process's CPU set unless
+``threads`` says otherwise. Inference precision is f32 by default, so fp32 graphs stay within the
+tolerance table's 1e-4 of ONNX Runtime; ``inference_precision="bf16"`` lets the plugin run matmuls
+and convolutions in bf16 where the CPU has bf16 kernels (AVX-512 BF16 / AMX), and is ignored by
+OpenVINO where it has none (``self.inference_precision`` says what was compiled). Torch tensors in
+and out by name; inputs are shared with OpenVINO, outputs are copied out of its buffers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Mapping, Optional
+
+import openvino as ov
+import openvino.properties as props
+import openvino.properties.hint as hints
+import torch
+
+from cmpf.errors import InputError
+from cmpf.manifest import ArtifactError
+from cmpf.spec import GraphSpec, check_inputs
+
+_OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "boolean": "bool"}
+_PRECISIONS = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16}  # cmpf's names -> INFERENCE_PRECISION_HINT
+
+
+def _name(port, expected: Optional[str]) -> str:
+    """The port's name: ``expected`` when it is one of the port's tensor names (OpenVINO keeps aliases)."""
+    return expected if expected in port.get_names() else port.get_any_name()
+
+
+class OpenVinoRunner:
+    backend = "openvino"
+
+    def __init__(self, path: str | Path, graph: GraphSpec, device: str | torch.device = "cpu",
+                 threads: Optional[int] = None, inference_precision: Optional[Literal["fp32", "bf16"]] = None):
+        """Open ``path`` (already verified against its manifest) for ``graph`` on the CPU.
+
+        Args:
+            threads: inference threads (OpenVINO's default: one per physical core).
+            inference_precision: ``fp32`` (None) or ``bf16``, OpenVINO's inference-precision hint.
+        """
+        self.graph = graph
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            raise InputError(f"the openvino backend runs on the CPU only, not {self.device}; use --device cpu")
+        precision = inference_precision or "fp32"
+        if precision not in _PRECISIONS:
+            raise InputError(f"OpenVINO inference precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self._reshape_if_static(model)
+        config = {hints.performance_mode: hints.PerformanceMode.LATENCY,
+                  hints.inference_precision: _PRECISIONS[precision]}
+        if threads:
+            config[props.inference_num_threads] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self._check_ports(path)
+        self.inference_precision = self.compiled.get_property(hints.inference_precision).get_type_name()
+        self.threads = self.compiled.get_property(props.inference_num_threads)
+        self.request = self.compiled.create_infer_request()
+
+    def _reshape_if_static(self, model: "ov.Model") -> None:
+        """Make the spec's symbolic dims dynamic where the file fixed them (a no-op for cmpf's exports)."""
+        wanted = {}
+        for port, t in zip(model.inputs, self.graph.inputs):
+            shape = port.get_partial_shape()
+            if shape.rank.is_static and shape.rank.get_length() == len(t.dims) and any(
+                    isinstance(d, str) and shape[i].is_static for i, d in enumerate(t.dims)):
+                wanted[port] = ov.PartialShape([-1 if isinstance(d, str) else d for d in t.dims])
+        if wanted:
+            model.reshape(wanted)
+
+    def _check_ports(self, path) -> None:
+        """The compiled model's inputs and outputs must be the spec's: names, order, ranks, dtypes."""
+        for kind, actual, expected in (("inputs", self.compiled.inputs, self.graph.inputs),
+                                       ("outputs", self.compiled.outputs, self.graph.outputs)):
+            want = [(t.name, len(t.dims), t.dtype) for t in expected]
+            got = [(_name(port, want[i][0] if i < len(want) else None), port.get_partial_shape().rank.get_length(),
+                    _OV_TYPES.get(port.get_element_type().get_type_name(), port.get_element_type().get_type_name()))
+                   for i, port in enumerate(actual)]
+            if got != want:
+                raise ArtifactError(f"{path}: {kind} (name, rank, dtype) {got} do not match the {self.graph.name} "
+                                    f"spec {want}; re-export the graph")
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_inputs(self.graph, inputs)
+        feeds = {t.name: inputs[t.name].detach().cpu().contiguous().numpy() for t in self.graph.inputs}
+        results = self.request.infer(feeds, share_inputs=True)  # share_outputs=False: copies we own
+        return {t.name: torch.from_numpy(results[port]) for t, port in zip(self.graph.outputs, self.compiled.outputs)}
+
+    def close(self) -> None:
+        self.request = self.compiled = None
