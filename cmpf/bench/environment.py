@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-LIBRARIES = ("cmpf", "torch", "onnxruntime", "onnx", "numpy", "triton", "tensorrt")
+LIBRARIES = ("cmpf", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "numpy", "triton", "tensorrt",
+             "torch-tensorrt", "matplotlib")
 
 
 def cpu_model() -> str:
@@ -62,6 +63,13 @@ def environment(device: str | torch.device = "cpu") -> dict:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (MiB; ``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_device(device: str | torch.device) -> None:
+    """Start a new device-memory peak (CUDA; nothing elsewhere)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_device_mib(device: str | torch.device) -> Optional[float]:

@@ -2,21 +2,26 @@
 postprocess, end to end.
 
 Graphs are timed through their ``Runner`` call on the inputs a real image batch produces, so every
-backend is measured the same way (inputs already on the device: host transfer excluded);
-preprocessing (shared by all backends), the ensemble and postprocessing are timed on the
-intermediates of one real run; ``segment`` is the whole call end to end (text classifier cached, as
-in ``cmpf run``; the uint8 images' host→device copy and the results' way back included).
+backend is measured the same way: by default with inputs already on the device (host transfer
+excluded); with ``TimingMode.host_transfer`` the inputs come from host memory and the outputs go
+back to it (a no-op on CPU); with ``TimingMode.cuda_graph`` a runner that allows it is captured once
+per shape and replayed (``cmpf.bench.cuda_graphs``). Preprocessing (shared by all backends), the
+ensemble and postprocessing are timed on the intermediates of one real run; ``segment`` is the
+whole call end to end (text classifier cached, as in ``cmpf run``; the uint8 images' host→device
+copy and the results' way back always included).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import torch
 
+from cmpf.bench.cuda_graphs import capture
 from cmpf.bench.parity import record_pipeline
-from cmpf.bench.timing import Timing, time_call
+from cmpf.bench.timing import Timing, TimingMode, time_call
 from cmpf.config import InferenceOptions, ModelConfig
 from cmpf.ensemble import geometric_ensemble, valid_mask_weights
 from cmpf.pipeline import sam_semantic_inputs, preprocess, segment
@@ -35,42 +40,74 @@ class StageTiming:
     timing: Timing
     batch: int = 1
     shape: Optional[tuple[int, int]] = None  # (H, W) of the input images
+    timer: str = "wall"  # or "cuda-events"
+    host_transfer: bool = False  # host→device inputs and device→host outputs inside the timed call
+    cuda_graph: bool = False  # replays of a captured CUDA graph
+    note: Optional[str] = None  # e.g. why a runner was not captured
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "backend": self.backend, "batch": self.batch,
-                "shape": None if self.shape is None else list(self.shape), **self.timing.to_json()}
+                "shape": None if self.shape is None else list(self.shape), **self.timing.to_json(),
+                "timer": self.timer, "host_transfer": self.host_transfer, "cuda_graph": self.cuda_graph,
+                "note": self.note}
 
 
 def time_graphs(runners: Mapping[str, Runner], inputs: Mapping[str, Mapping[str, torch.Tensor]], *,
-                warmup: int = 2, iters: int = 10, cuda_events: bool = False) -> list[StageTiming]:
+                warmup: int = 2, iters: int = 10, mode: TimingMode = TimingMode()) -> list[StageTiming]:
     """Latency of each runner on its captured inputs."""
-    return [StageTiming(g, runners[g].backend, time_call(lambda g=g: runners[g](inputs[g]), warmup=warmup, iters=iters,
-                                                         cuda_events=cuda_events))
-            for g in inputs]
+    rows = []
+    for g, feed in inputs.items():
+        call, captured, note = graph_call(runners[g], feed, mode)
+        rows.append(StageTiming(g, runners[g].backend, time_call(call, warmup=warmup, iters=iters,
+                                                                 cuda_events=mode.cuda_events),
+                                timer=mode.timer, host_transfer=mode.host_transfer, cuda_graph=captured, note=note))
+    return rows
+
+
+def graph_call(runner: Runner, feed: Mapping[str, torch.Tensor], mode: TimingMode):
+    """(the call to time, whether it replays a CUDA graph, a note) for one runner on its inputs ``feed``."""
+    device = next(iter(feed.values())).device
+    host = None
+    if mode.host_transfer:  # the inputs start in host memory (pinned, as a serving loop would keep them)
+        host = {k: (v.cpu().pin_memory() if device.type == "cuda" else v.cpu()) for k, v in feed.items()}
+    note = None
+    if mode.cuda_graph:
+        with torch.inference_mode():
+            replay, note = capture(runner, feed, device)
+        if replay is not None:
+            return ((lambda: _to_host(replay(host))) if host is not None else replay), True, None
+        note = f"not captured: {note}"
+    if host is not None:
+        return (lambda: _to_host(runner(host))), False, note
+    return (lambda: runner(feed)), False, note
+
+
+def _to_host(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in outputs.items()}  # .cpu() of a host tensor is the tensor itself
 
 
 def benchmark_pipeline(runners: Mapping[str, Runner], cfg: ModelConfig, image: torch.Tensor, vocabulary: Vocabulary,
                        *, warmup: int = 2, iters: int = 10, options: InferenceOptions = InferenceOptions(),
                        device: str | torch.device = "cpu", batch: int = 1,
-                       cuda_events: bool = False) -> list[StageTiming]:
+                       mode: TimingMode = TimingMode()) -> list[StageTiming]:
     """Stage latencies of ``segment`` on a batch of ``batch`` copies of one uint8 (3, H, W) image."""
     backend = next(iter(runners.values())).backend
     images = [image] * batch
     shape = tuple(image.shape[-2:])
-    rows = [StageTiming("preprocess", "torch", time_call(lambda: preprocess(images, cfg, options, device),
-                                                        warmup=warmup, iters=iters))]
+    timed = lambda fn: time_call(fn, warmup=warmup, iters=iters, cuda_events=mode.cuda_events)  # noqa: E731
+    rows = [StageTiming("preprocess", "torch", timed(lambda: preprocess(images, cfg, options, device)))]
     result, inputs = record_pipeline(runners, images, vocabulary, cfg, options, device)
-    rows += time_graphs(runners, inputs, warmup=warmup, iters=iters, cuda_events=cuda_events)
+    graphs = time_graphs(runners, inputs, warmup=warmup, iters=iters, mode=mode)
     ensemble, post = _ensemble_and_postprocess(result.tensors, inputs, images, vocabulary, cfg, options, device)
-    rows.append(StageTiming("ensemble", "torch", time_call(ensemble, warmup=warmup, iters=iters)))
-    rows.append(StageTiming("postprocess", "torch", time_call(post, warmup=warmup, iters=iters)))
+    rows += [StageTiming("ensemble", "torch", timed(ensemble)), StageTiming("postprocess", "torch", timed(post))]
     if options.sam_ensemble:  # the SAM masks of one image: point-grid prompts, filters, CLIP classification
         sam = _sam_masks_stage(result.tensors, inputs, images, runners, cfg, options, device)
-        rows.append(StageTiming("sam_masks", backend, time_call(sam, warmup=warmup, iters=iters)))
+        rows.append(StageTiming("sam_masks", backend, timed(sam)))
     text = TextCache(runners["text_encoder"], options.text_batch)
     run = lambda: segment(images, vocabulary, runners, cfg, options, text_cache=text, device=device)  # noqa: E731
-    rows.append(StageTiming(END_TO_END, backend, time_call(run, warmup=warmup, iters=iters)))
-    return [StageTiming(r.stage, r.backend, r.timing, batch, shape) for r in rows]
+    rows.append(StageTiming(END_TO_END, backend, timed(run), host_transfer=True))
+    rows = [dataclasses.replace(r, timer=mode.timer) for r in rows]
+    return [dataclasses.replace(r, batch=batch, shape=shape) for r in rows[:1] + graphs + rows[1:]]
 
 
 def _sam_masks_stage(tensors, inputs, images, runners, cfg: ModelConfig, options: InferenceOptions, device):

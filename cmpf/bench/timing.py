@@ -3,7 +3,8 @@
 CUDA work is synchronised at the boundaries of every timed call, so a runner is measured from
 inputs on the device to outputs on the device, the same way for every backend. With
 ``cuda_events`` (a CUDA device) each call is also bracketed by CUDA events and the device time is
-what is reported; on CPU the wall clock is.
+what is reported; on CPU the wall clock is. ``TimingMode`` gathers the switches of how a bench times
+(events or wall clock, host transfer, CUDA-graph replay).
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+@dataclass(frozen=True)
+class TimingMode:
+    """How ``cmpf bench`` times (how much: warm-up and iterations, apart)."""
+
+    cuda_events: bool = False  # device time between CUDA events (a CUDA device) instead of the wall clock
+    host_transfer: bool = False  # graph rows: inputs from host memory, outputs back to it (no-op on CPU)
+    cuda_graph: bool = False  # graph rows: replays of a torch.cuda.CUDAGraph capture, where the runner allows
+
+    @property
+    def timer(self) -> str:
+        return "cuda-events" if self.cuda_events else "wall"
 
 
 @dataclass(frozen=True)
