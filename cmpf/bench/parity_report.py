@@ -2,7 +2,9 @@
 
 A report holds, per candidate, the three levels (tensor rows, per-image agreement, dataset
 metrics of both sides and their drops), the rules it was gated on and the breaches, each naming the
-rule and its margin, plus the Polygraphy input files written for failing graphs.
+rule and its margin, plus the Polygraphy input files written for failing graphs (under ``--out``;
+without it the failing graphs are named and the report says how to save their inputs), and the
+settings the run compared on.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class ParityReport:
     candidates: list[CandidateReport]
     images: list[str]
     reproduce: dict[str, dict[str, str]] = field(default_factory=dict)  # graph -> {"inputs", "command"}
+    failing_graphs: list[str] = field(default_factory=list)  # graphs with a tensor-level breach
+    settings: dict = field(default_factory=dict)  # sizes, dataset, limit, device of the run
 
     @property
     def ok(self) -> bool:
@@ -80,12 +84,15 @@ class ParityReport:
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "ok": self.ok, "reference": self.reference, "model": self.model,
-                "images": self.images, "candidates": [c.to_json() for c in self.candidates],
-                "reproduce": self.reproduce}
+                "images": self.images, "settings": self.settings,
+                "candidates": [c.to_json() for c in self.candidates], "reproduce": self.reproduce,
+                "failing_graphs": self.failing_graphs}
 
     def to_markdown(self) -> str:
+        given = ", ".join(f"{k} {v}" for k, v in self.settings.items() if v is not None)
         lines = [f"# cmpf parity: {'PASS' if self.ok else 'FAIL'}", "",
-                 f"model `{self.model}`, reference `{self.reference}`, images: {', '.join(self.images)}", ""]
+                 f"model `{self.model}`, reference `{self.reference}`, images: {', '.join(self.images)}"
+                 + (f"; {given}" if given else ""), ""]
         for c in self.candidates:
             lines += [f"## {c.label} ({c.backend}, {c.precision}): {'pass' if c.ok else 'FAIL'}", "",
                       "rules: " + ", ".join(f"`{r}`" for r in c.rules), ""]
@@ -99,6 +106,10 @@ class ParityReport:
         if self.reproduce:
             lines += ["## Reproduce without cmpf", ""]
             lines += [f"- `{g}`: `{r['command']}`" for g, r in self.reproduce.items()] + [""]
+        elif self.failing_graphs:
+            lines += ["## Reproduce without cmpf", "",
+                      f"rerun with `--out DIR` to save the inputs of {', '.join(self.failing_graphs)} for "
+                      f"`polygraphy run <graph>.onnx --onnxrt --load-inputs DIR/inputs/<graph>.json`", ""]
         return "\n".join(lines)
 
 

@@ -9,11 +9,16 @@ artifacts), ``DIR:BACKEND`` or ``DIR`` (artifacts on their default backend). Eve
 3. dataset: ``cmpf.evaluation`` metrics of both sides on ``--dataset`` (or a generated synthetic set).
 
 The rules (``--fail-on`` over the tolerance table's defaults) are checked per candidate; graphs
-with a tensor-level breach get their inputs written for ``polygraphy run --load-inputs``.
+with a tensor-level breach get their inputs written under ``--out`` for ``polygraphy run
+--load-inputs``. Every side must hold the reference's model (the manifests' configs are compared
+before anything is loaded). Paths in the report are the ones the user gave (nothing machine-local:
+a generated synthetic set lives in a temporary directory removed at the end).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,7 @@ from cmpf.bench.captured_inputs import write_polygraphy_inputs
 from cmpf.bench.gates import check, parse_rules, resolve_rules
 from cmpf.bench.parity import capture_graph_inputs, graph_parity
 from cmpf.bench.parity_report import CandidateReport, DatasetLevel, ParityReport
+from cmpf.config import ModelConfig, get_config
 from cmpf.errors import InputError
 from cmpf.evaluation.dataset_eval import evaluate_prepared
 from cmpf.evaluation.prepare import prepare_dataset
@@ -105,18 +111,27 @@ def _split_side(text: str) -> tuple[str, str, Optional[str]]:
 
 
 def run_parity(cfg: ParityConfig) -> ParityReport:
-    """Compare every candidate with the reference (nothing is written but failing graphs' inputs)."""
-    from cmpf.preprocess import load_image
-
+    """Compare every candidate with the reference (nothing is written but failing graphs' inputs, under ``out_dir``)."""
     overrides = parse_rules(cfg.fail_on)
     first_dir = next((_split_side(s)[0] for s in cfg.candidates if s != "torch"), None)
     ref_side = parse_side(cfg.reference, cfg.eager, first_dir)
     sides = [parse_side(c, cfg.eager, first_dir) for c in cfg.candidates]
-    data = _dataset(cfg) if cfg.dataset else None  # checked before any model is loaded
+    for side in sides:  # before any model is loaded: another model's artifacts are refused in one line
+        _check_same_model(ref_side, _declared_model(ref_side), side, _declared_model(side))
+    with contextlib.ExitStack() as stack:
+        data = _dataset(cfg, stack) if cfg.dataset else None  # checked before any model is loaded
+        return _run(cfg, overrides, ref_side, sides, data)
+
+
+def _run(cfg: ParityConfig, overrides, ref_side: Side, sides: list[Side], data) -> ParityReport:
+    from cmpf.preprocess import load_image
+
     reference = load_predictor(ref_side.source, ref_side.backend, cfg.device)
     candidates = [load_predictor(s.source, s.backend, cfg.device) for s in sides]
     for side, pred in zip(sides, candidates):
-        _check_same_model(ref_side, reference, side, pred)
+        if set(pred.runners) != set(reference.runners):
+            raise InputError(f"{side.label} has graphs {sorted(pred.runners)}, the reference {ref_side.label} "
+                             f"{sorted(reference.runners)}; compare artifacts exported from the same model")
     vocabulary = cfg.vocabulary or reference.resolve_vocabulary(None)
     options = options_with(reference.options, min_size=cfg.min_size, max_size=cfg.max_size, resize=cfg.resize)
     names = [str(p) for p in cfg.images]
@@ -139,8 +154,16 @@ def run_parity(cfg: ParityConfig) -> ParityReport:
         failing |= {b.where.split(".")[0] for b in breaches if b.level == "tensor"}
         reports.append(CandidateReport(side.label, str(side.backend), precision, tensors, agree, level3, rules,
                                        breaches))
-    reproduce = _save_inputs(cfg, inputs, sorted(failing), [ref_side, *sides]) if failing else {}
-    return ParityReport(ref_side.label, reference.cfg.name, reports, [Path(n).name for n in names], reproduce)
+    reproduce = _save_inputs(cfg, inputs, sorted(failing), [ref_side, *sides]) if failing and cfg.out_dir else {}
+    return ParityReport(ref_side.label, reference.cfg.name, reports, [Path(n).name for n in names], reproduce,
+                        sorted(failing), _settings(cfg))
+
+
+def _settings(cfg: ParityConfig) -> dict:
+    """What the run compared on, as the report records it (sizes, dataset, limit), for reruns."""
+    return {"min_size": cfg.min_size, "max_size": cfg.max_size, "resize": cfg.resize, "dataset": cfg.dataset,
+            "limit": cfg.limit, "synthetic_images": cfg.synthetic_images if cfg.dataset == SYNTHETIC else None,
+            "device": cfg.device}
 
 
 def _values(tensors, images: list[ImageAgreement], dataset: Optional[DatasetLevel]) -> dict[str, dict]:
@@ -168,19 +191,30 @@ def _precision(side: Side, predictor: Predictor) -> str:
     return next((p for p in ("fp8", "int8", "bf16", "fp16") if p in found), "fp32")
 
 
-def _check_same_model(ref_side: Side, reference: Predictor, side: Side, candidate: Predictor) -> None:
-    if candidate.cfg != reference.cfg or set(candidate.runners) != set(reference.runners):
-        raise InputError(f"{side.label} holds another model ({candidate.cfg.name}) than the reference {ref_side.label} "
-                         f"({reference.cfg.name}); compare artifacts exported from the same model")
+def _declared_model(side: Side) -> ModelConfig:
+    """The model config a side will load: its manifest's, or its preset's (nothing is built)."""
+    if side.source.artifacts:
+        return Manifest.read(Path(side.source.artifacts)).model
+    return get_config(side.source.model)
 
 
-def _dataset(cfg: ParityConfig):
+def _check_same_model(ref_side: Side, reference: ModelConfig, side: Side, candidate: ModelConfig) -> None:
+    if candidate != reference:
+        fields = [f.name for f in dataclasses.fields(ModelConfig)
+                  if getattr(candidate, f.name) != getattr(reference, f.name)]
+        raise InputError(f"{side.label} holds another model ({candidate.name}) than the reference {ref_side.label} "
+                         f"({reference.name}; they differ in {', '.join(fields[:4])}); compare artifacts exported "
+                         f"from the same model, e.g. `cmpf export --model {reference.name} --out DIR`")
+
+
+def _dataset(cfg: ParityConfig, stack: contextlib.ExitStack):
     if cfg.dataset != SYNTHETIC:
         return prepare_dataset(cfg.dataset, cfg.data_root, cfg.vocab_dir, None, cfg.limit)
     from cmpf.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_coco_panoptic
     from cmpf.io import write_text
 
-    root = Path(tempfile.mkdtemp(prefix="cmpf-parity-synthetic-"))  # generated input, not a result
+    # generated input, not a result: removed when the run ends, and no path of it reaches the report
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cmpf-parity-synthetic-")))
     make_synthetic_coco_panoptic(root, cfg.synthetic_images, cfg.synthetic_size, seed=0, split="val2017",
                                  num_crowd_only=0)
     write_text(root / "vocab" / SYNTHETIC_VOCABULARY, "".join(f"{c.id}:{c.name}\n" for c in SYNTHETIC_CLASSES))
@@ -199,8 +233,9 @@ def _dataset_levels(cfg: ParityConfig, data, reference: Predictor,
         segs = []
 
         def predict(image: torch.Tensor, sample):
-            segs.append((Path(sample.image_path).name, pred.segment([image], data.vocabulary, options).segmentations[0]))
-            return segs[-1][1]
+            seg = pred.segment([image], data.vocabulary, options).segmentations[0]
+            segs.append((Path(sample.image_path).name, seg))
+            return seg
 
         return _summary(evaluate_prepared(data, predict, progress=False)), segs
 
@@ -222,8 +257,9 @@ def _summary(results: Optional[dict]) -> dict[str, Optional[float]]:
 
 
 def _save_inputs(cfg: ParityConfig, inputs, graphs: list[str], sides: list[Side]) -> dict[str, dict[str, str]]:
-    """Each failing graph's captured inputs as ``<out>/inputs/<graph>.json`` (Polygraphy format)."""
-    out = Path(cfg.out_dir) if cfg.out_dir else Path(tempfile.mkdtemp(prefix="cmpf-parity-"))
+    """Each failing graph's captured inputs as ``<out>/inputs/<graph>.json`` (Polygraphy format; paths as
+    ``--out`` and the sides were given)."""
+    out = Path(cfg.out_dir)
     onnx_dirs = [Manifest.read(Path(s.source.artifacts)) for s in sides
                  if s.source.artifacts and s.backend is Backend.ONNXRUNTIME]
     reproduce = {}

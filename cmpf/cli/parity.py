@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from cmpf.cli import common
 from cmpf.errors import CheckFailed
 
@@ -10,16 +12,18 @@ def add(sub) -> None:
     p = sub.add_parser("parity", help="reference vs candidates at tensor, image and dataset level; exit 1 when a "
                                       "--fail-on rule (or a tolerance-table default) breaks")
     p.add_argument("--reference", default="torch", help="torch (the eager model) or DIR:BACKEND (default: torch)")
-    p.add_argument("--candidate", action="append", default=[], metavar="DIR:BACKEND",
-                   help="artifacts written by `cmpf export` and the backend to run them on; repeatable")
+    p.add_argument("--candidate", action="append", default=[], metavar="DIR:BACKEND[:PRECISION]",
+                   help="artifacts written by `cmpf export` and the backend to run them on, optionally at a precision "
+                        "(int8; per graph: sam_image_encoder=int8+decoder=fp16); repeatable")
     common.add_source(p)
-    p.add_argument("--backend", default=None, help="with --artifacts DIR: shorthand for --candidate DIR:BACKEND")
+    p.add_argument("--backend", default=None,
+                   help="with --artifacts DIR [--precision P]: shorthand for --candidate DIR:BACKEND[:P]")
     p.add_argument("--fail-on", metavar="RULES",
                    help="'rel>1e-4,cos<0.9999,pq_drop>0.1,miou_drop>0.5': rules that fail the run; each replaces the "
                         "tolerance table's default for its metric (metrics: rel abs cos iou sem pq inst pq_drop "
                         "miou_drop ap_drop)")
     p.add_argument("--image", action="append", default=[], help="image file, repeatable (default: the sample image)")
-    common.add_vocabulary(p, train=False, default=" (default: the demo's classes)")
+    common.add_vocabulary(p, train=False, default=" (default: the sample image's classes)")
     common.add_sizes(p)
     common.add_device(p)
     p.add_argument("--dataset", help="registry dataset for task metrics (level 3), or 'synthetic' (generated)")
@@ -34,13 +38,17 @@ def add(sub) -> None:
 
 def main(args) -> int:
     from cmpf.bench.parity_run import ParityConfig, run_parity
-    from cmpf.demo import DEMO_CLASSES, SAMPLE_IMAGE
+    from cmpf.bench.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
     from cmpf.io import write_json, write_text
     from cmpf.vocabulary import load_vocabulary
 
-    candidates = list(args.candidate) + ([f"{args.artifacts}:{args.backend or 'onnxruntime'}"] if args.artifacts else [])
-    eager = common.source(args) if args.model else None
-    vocabulary = load_vocabulary(args.vocab, args.classes if args.vocab or args.classes else DEMO_CLASSES, args.things)
+    candidates = list(args.candidate)
+    if args.artifacts:  # --artifacts DIR [--backend B] [--precision P]: the candidate DIR:B[:P]
+        precision = f":{args.precision.replace(',', '+')}" if args.precision else ""
+        candidates.append(f"{args.artifacts}:{args.backend or 'onnxruntime'}{precision}")
+    eager = common.source(argparse.Namespace(**{**vars(args), "precision": None})) if args.model else None
+    classes = args.classes if args.vocab or args.classes else SAMPLE_CLASSES
+    vocabulary = load_vocabulary(args.vocab, classes, args.things)
     cfg = ParityConfig(tuple(candidates), args.reference, eager, tuple(args.image) or (str(SAMPLE_IMAGE),), vocabulary,
                        args.min_size, args.max_size, args.resize, args.fail_on, args.dataset, args.data_root,
                        args.vocab_dir, args.limit, args.synthetic_images, out_dir=args.out, device=args.device)

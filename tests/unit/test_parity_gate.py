@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -106,6 +107,8 @@ def test_gate_passes_identical_and_reports_three_levels(artifacts, tmp_path, cap
     assert "rel>0.0001" in cand["rules"] and "sem<0.99" in cand["rules"]  # given rules + table defaults
     md = (out / "parity.md").read_text()
     assert "# cmpf parity: PASS" in md and "(level 3)" in md
+    assert report["settings"]["dataset"] == "synthetic" and report["settings"]["min_size"] == 128
+    assert "cmpf-parity-synthetic" not in json.dumps(report)  # the generated set's temporary path stays out
 
 
 def test_gate_fails_on_perturbed_weights(artifacts, tmp_path, capsys):
@@ -128,6 +131,40 @@ def test_gate_fails_on_perturbed_weights(artifacts, tmp_path, capsys):
     assert repro["command"].startswith(f"polygraphy run {bad}") and "--onnxrt --load-inputs" in repro["command"]
 
 
+def other_model_dir(directory, tmp_path):
+    """A manifest-only directory of another config of the tiny model (no graph file: nothing gets loaded)."""
+    data = json.loads((directory / "manifest.json").read_text())
+    data["model"]["name"], data["model"]["enc_layers"] = "tiny-other", data["model"]["enc_layers"] + 1
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(data))
+    return out
+
+
+@pytest.mark.parametrize("sides", [
+    ["--reference", "{a}:onnxruntime", "--candidate", "{other}:onnxruntime"],
+    ["--reference", "torch", "--model", "tiny-rn", "--candidate", "{a}:onnxruntime"],
+])
+def test_refuses_artifacts_of_another_model(artifacts, tmp_path, capsys, sides):
+    """Checked on the manifests (and presets) before anything is loaded: one line, exit 2."""
+    from cmpf.cli import main
+
+    other = other_model_dir(artifacts, tmp_path)
+    assert main(["parity", *[s.format(a=artifacts, other=other) for s in sides], *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another model" in err[0] and "exported from the same model" in err[0]
+    assert ("(tiny-other)" in err[0] and "enc_layers" in err[0]) if "{other}" in sides[3] else "tiny-rn" in err[0]
+
+
+def test_failing_graphs_without_out_are_named_not_saved():
+    from cmpf.bench.parity_report import ParityReport
+
+    report = ParityReport("torch", "tiny", [], ["sample.png"], {}, ["decoder"], {"min_size": 128, "limit": None})
+    md = report.to_markdown()
+    assert "rerun with `--out DIR` to save the inputs of decoder" in md and "min_size 128" in md and "limit" not in md
+    assert report.to_json()["failing_graphs"] == ["decoder"] and report.to_json()["reproduce"] == {}
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--candidate", "{a}:tflite"], "unknown backend 'tflite'"),
     (["--candidate", "{a}", "--fail-on", "rel>>1"], "--fail-on: cannot parse rule"),
@@ -141,3 +178,17 @@ def test_bad_input_exits_2(artifacts, tmp_path, capsys, extra, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_committed_report_names_no_machine_local_path():
+    """benchmarks/results/parity_tiny_synthetic.* come from benchmarks/parity_tiny.py: paths as given, relative."""
+    from pathlib import Path
+
+    from cmpf.bench.parity_report import read_report
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    report = read_report(results / "parity_tiny_synthetic.json")
+    assert [c["label"] for c in report["candidates"]] == ["tiny:onnxruntime"] and report["settings"]["dataset"]
+    for name in ("parity_tiny_synthetic.json", "parity_tiny_synthetic.md"):
+        text = (results / name).read_text()
+        assert "/tmp" not in text and tempfile.gettempdir() not in text and str(Path.home()) not in text
