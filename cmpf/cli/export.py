@@ -18,6 +18,9 @@ def add(sub) -> None:
     common.add_device(p)
     common.add_vocabulary(p, default=", recorded in the manifest as `cmpf run`'s default")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check of each file")
+    p.add_argument("--plugins", help="write these kernels as TensorRT plugin nodes (cmpf domain, AOT) instead of their "
+                                     "decompositions: masked_attention, mask_pooling, ms_deform_attn (for `cmpf build "
+                                     "--plugins`; ONNX Runtime cannot run those graphs)")
     p.set_defaults(func=main)
 
 
@@ -36,6 +39,7 @@ def main(args) -> int:
     cfg = ExportConfig(model=args.model, out_dir=args.out, checkpoint=args.checkpoint,
                        formats=formats, graphs=common.csv(args.graphs), device=args.device,
                        vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
-                       verify=not args.no_verify, external_data=args.external_data, **opset)
+                       verify=not args.no_verify, external_data=args.external_data,
+                       plugins=common.csv(args.plugins) or (), **opset)
     print(f"wrote {export_model(cfg)}")
     return 0

@@ -1,119 +1,163 @@
-"""TensorRT 10 plugins ("quickly deployable plugins", ``tensorrt.plugin``) backed by the Triton kernels.
+"""cmpf's three Triton kernels as TensorRT quickly deployable plugins, with ahead-of-time implementations.
 
-``register_tensorrt_plugins()`` registers three plugins in TensorRT's registry:
+``register_tensorrt_plugins()`` registers in TensorRT's plugin registry:
 
-=========================  ==========================================================  ==============
-plugin id                  inputs -> output                                            attributes
-=========================  ==========================================================  ==============
-``cmpf::masked_attention``  q, k, v (B, H, L, D), blocked bool (B, 1|H, Lq, Lk) -> like q  -
-``cmpf::mask_pooling``      x (B, C, H, W), logits (B, Q, h, w) -> (B, Q, C)            -
-``cmpf::ms_deform_attn``    value, locations, weights -> (N, Lq, M * Dh)                ``spatial_shapes``
-=========================  ==========================================================  ==============
+=========================  ===================================================================================
+plugin id                  inputs -> output
+=========================  ===================================================================================
+``cmpf::masked_attention``  q, k, v (B, H, L, D), blocked bool (B, 1|H, Lq, Lk) -> like q
+``cmpf::mask_pooling``      x (B, C, H, W), mask_logits (B, Q, h, w) -> (B, Q, C)
+``cmpf::ms_deform_attn``    value (N, S, M, Dh), spatial_shapes (L, 2) int32, locations, weights -> (N, Lq, M * Dh)
+=========================  ===================================================================================
 
-``spatial_shapes`` is the flattened int32 array [H0, W0, H1, W1, ...]. The implementations are JIT
-(``trtp.impl``): at run time TensorRT calls back into Python, which launches the Triton kernel on
-TensorRT's stream, so an engine using them needs this process (Python, torch, triton) to run.
-In an ONNX graph such a node has ``op_type`` = the name after ``::`` and the attribute
-``plugin_namespace="cmpf"``. The default export path stays plugin-free (STYLE 3.8: ONNX/TensorRT use the
-``_ref`` functions); these plugins are the opt-in route for engines that want the fused kernels.
+Each has an ahead-of-time implementation (``trtp.aot_impl``): the Triton kernel of
+``cmpf.engines.plugin_kernels`` compiled to PTX for the build GPU and embedded in the engine, so an
+engine that uses it runs without Python (trtexec, C++, Triton Inference Server). A JIT implementation
+(``trtp.impl``: Python launches ``cmpf.kernels``' Triton kernels on TensorRT's stream) serves networks
+that prefer JIT; ``cmpf build --plugins`` sets ``PREFER_AOT_PYTHON_PLUGINS``. The plugins take no
+attributes: AOT attributes are not serialised into the engine, and the deformable attention's level
+sizes follow the image size, so they are an input. In ONNX a plugin node has ``op_type`` = the name
+after ``::``, domain ``cmpf``, ``plugin_namespace="cmpf"`` and ``aot=1`` (``cmpf export --plugins``,
+``cmpf.engines.plugin_export``).
 
-TensorRT is imported inside ``register_tensorrt_plugins`` only: importing this module never needs it.
-No ``from __future__ import annotations`` here: ``trtp.register`` reads the real type hints.
+The names import without TensorRT; TensorRT, torch and Triton are imported by
+``register_tensorrt_plugins`` only. No ``from __future__ import annotations``: ``trtp.register`` reads the
+real type hints.
 """
 
 PLUGIN_NAMESPACE = "cmpf"
 PLUGIN_OPS = {"masked_attention": 4, "mask_pooling": 2, "ms_deform_attn": 4}  # op -> number of inputs
 PLUGIN_IDS = tuple(f"{PLUGIN_NAMESPACE}::{op}" for op in PLUGIN_OPS)
-_FLOAT_IO = "FP32|FP16|BF16"  # '|' = dependent: all float I/O of one call share a dtype
+_FLOAT = "FP32|FP16|BF16"  # '|' lists alternatives; the k-th alternatives of all positions go together
+_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "BOOL": "bool"}
 _registered = False
 
 
-def register_tensorrt_plugins() -> tuple[str, ...]:
+def _fixed(kind: str) -> str:
+    """A type that stays the same in each of the three float alternatives."""
+    return "|".join([kind] * 3)
+
+
+def register_tensorrt_plugins() -> tuple:
     """Register the three plugins with TensorRT (idempotent); returns their ids.
 
-    Raises ImportError with an actionable message when TensorRT (>= 10.7, ``tensorrt.plugin``) is absent.
+    Raises ``MissingDependency`` (an ImportError) naming the fix when TensorRT's ``tensorrt.plugin`` is absent.
     """
     global _registered
+    from cmpf.errors import MissingDependency
+
     try:
-        import numpy as np
-        import numpy.typing as npt
         import tensorrt.plugin as trtp
     except ImportError as exc:
-        raise ImportError(
-            "TensorRT plugins need TensorRT >= 10.7 with its Python `tensorrt.plugin` module "
-            "(pip install tensorrt); without it, build engines from the plugin-free ONNX export"
-        ) from exc
+        raise MissingDependency("TensorRT plugins need TensorRT >= 10.12 with its `tensorrt.plugin` module; "
+                                "pip install 'cmpf[trt]', or build from the plugin-free ONNX export") from exc
     if _registered:
         return PLUGIN_IDS
+    _register(trtp)
+    _registered = True
+    return PLUGIN_IDS
+
+
+def _register(trtp) -> None:
+    from typing import Tuple, Union
 
     import torch
 
+    from cmpf.engines import plugin_kernels as K
     from cmpf.kernels.mask_pooling import mask_pooling_triton
     from cmpf.kernels.masked_attention import masked_attention_triton
     from cmpf.kernels.ms_deform_attn import ms_deform_attn_triton
 
-    def _run(stream: int, outputs, launch) -> None:
-        """Run ``launch()`` on TensorRT's stream and copy its result into the plugin's output buffer."""
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            out = torch.as_tensor(outputs[0], device="cuda")
-            out.copy_(launch())
+    AotResult = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
 
-    def _cuda(tensor):
+    def const(d) -> int:
+        if isinstance(d, int):
+            return d
+        if not d.is_constant:
+            raise ValueError("cmpf plugins need this dim (heads, head size, channels, levels, points) static in the "
+                             "network")
+        return d.constant_value()
+
+    def cdiv(a, b):
+        return K.int_cdiv(a, b) if isinstance(a, int) and isinstance(b, int) else trtp.cdiv(a, b)
+
+    def aot(plan, inputs, outputs):
+        """PTX for this GPU, its launch grid and the scalar arguments, as TensorRT's AOT interface wants them."""
+        major, minor = torch.cuda.get_device_capability()
+        kernel = K.compile_ptx(plan, [_DTYPE_NAMES[t.dtype.name] for t in inputs],
+                               [_DTYPE_NAMES[t.dtype.name] for t in outputs], major * 10 + minor)
+        params = trtp.KernelLaunchParams()
+        params.grid_x, params.grid_y, params.grid_z = plan.grid
+        params.block_x = kernel.block_x
+        params.shared_mem = kernel.shared_mem
+        scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(s) for s in plan.scalars])
+        return kernel.name.encode(), kernel.ptx.encode(), params, scalars
+
+    def run(stream: int, outputs, launch) -> None:
+        """JIT: ``launch()`` on TensorRT's stream, its result copied into the plugin's output buffer."""
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            torch.as_tensor(outputs[0], device="cuda").copy_(launch())
+
+    def cuda(tensor):
         return torch.as_tensor(tensor, device="cuda")
 
     # --- masked attention -------------------------------------------------------------------------
     @trtp.register("cmpf::masked_attention")
-    def _masked_attention_desc(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, blocked: trtp.TensorDesc
-    ) -> trtp.TensorDesc:
+    def _masked_attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+                               blocked: trtp.TensorDesc) -> trtp.TensorDesc:
         return q.like()
 
     @trtp.autotune("cmpf::masked_attention")
     def _masked_attention_autotune(q, k, v, blocked, outputs):
-        io = ",".join([_FLOAT_IO] * 3 + ["BOOL|BOOL|BOOL", _FLOAT_IO])
-        return [trtp.AutoTuneCombination(io, "LINEAR")]
+        return [trtp.AutoTuneCombination(", ".join([_FLOAT] * 3 + [_fixed("BOOL"), _FLOAT]), "LINEAR")]
+
+    @trtp.aot_impl("cmpf::masked_attention")
+    def _masked_attention_aot(q, k, v, blocked, outputs, tactic: int) -> AotResult:
+        plan = K.masked_attention_plan(q.shape_expr, k.shape_expr, v.shape_expr, blocked.shape_expr, const=const,
+                                       cdiv=cdiv)
+        return aot(plan, [q, k, v, blocked], outputs)
 
     @trtp.impl("cmpf::masked_attention")
     def _masked_attention_impl(q, k, v, blocked, outputs, stream: int) -> None:
-        _run(stream, outputs, lambda: masked_attention_triton(_cuda(q), _cuda(k), _cuda(v), _cuda(blocked)))
+        run(stream, outputs, lambda: masked_attention_triton(cuda(q), cuda(k), cuda(v), cuda(blocked)))
 
     # --- mask pooling -----------------------------------------------------------------------------
     @trtp.register("cmpf::mask_pooling")
-    def _mask_pooling_desc(x: trtp.TensorDesc, logits: trtp.TensorDesc) -> trtp.TensorDesc:
-        shape = (x.shape_expr[0], logits.shape_expr[1], x.shape_expr[1])
-        return trtp.from_shape_expr(shape, dtype=x.dtype)
+    def _mask_pooling_desc(x: trtp.TensorDesc, mask_logits: trtp.TensorDesc) -> trtp.TensorDesc:
+        return trtp.from_shape_expr((x.shape_expr[0], mask_logits.shape_expr[1], x.shape_expr[1]), dtype=x.dtype)
 
     @trtp.autotune("cmpf::mask_pooling")
-    def _mask_pooling_autotune(x, logits, outputs):
-        return [trtp.AutoTuneCombination(",".join([_FLOAT_IO] * 3), "LINEAR")]
+    def _mask_pooling_autotune(x, mask_logits, outputs):
+        return [trtp.AutoTuneCombination(", ".join([_FLOAT] * 3), "LINEAR")]
+
+    @trtp.aot_impl("cmpf::mask_pooling")
+    def _mask_pooling_aot(x, mask_logits, outputs, tactic: int) -> AotResult:
+        plan = K.mask_pooling_plan(x.shape_expr, mask_logits.shape_expr, dtype=_DTYPE_NAMES[x.dtype.name],
+                                   const=const, cdiv=cdiv)
+        return aot(plan, [x, mask_logits], outputs)
 
     @trtp.impl("cmpf::mask_pooling")
-    def _mask_pooling_impl(x, logits, outputs, stream: int) -> None:
-        _run(stream, outputs, lambda: mask_pooling_triton(_cuda(x), _cuda(logits)))
+    def _mask_pooling_impl(x, mask_logits, outputs, stream: int) -> None:
+        run(stream, outputs, lambda: mask_pooling_triton(cuda(x), cuda(mask_logits)))
 
     # --- multi-scale deformable attention ---------------------------------------------------------
     @trtp.register("cmpf::ms_deform_attn")
-    def _ms_deform_attn_desc(
-        value: trtp.TensorDesc,
-        locations: trtp.TensorDesc,
-        weights: trtp.TensorDesc,
-        spatial_shapes: npt.NDArray[np.int32],
-    ) -> trtp.TensorDesc:
-        shape = (value.shape_expr[0], locations.shape_expr[1], value.shape_expr[2] * value.shape_expr[3])
-        return trtp.from_shape_expr(shape, dtype=value.dtype)
+    def _ms_deform_attn_desc(value: trtp.TensorDesc, spatial_shapes: trtp.TensorDesc, locations: trtp.TensorDesc,
+                             weights: trtp.TensorDesc) -> trtp.TensorDesc:
+        n, m, dh = value.shape_expr[0], value.shape_expr[2], value.shape_expr[3]
+        return trtp.from_shape_expr((n, locations.shape_expr[1], m * dh), dtype=value.dtype)
 
     @trtp.autotune("cmpf::ms_deform_attn")
-    def _ms_deform_attn_autotune(value, locations, weights, outputs):
-        return [trtp.AutoTuneCombination(",".join([_FLOAT_IO] * 4), "LINEAR")]
+    def _ms_deform_attn_autotune(value, spatial_shapes, locations, weights, outputs):
+        return [trtp.AutoTuneCombination(", ".join([_FLOAT, _fixed("INT32"), _FLOAT, _FLOAT, _FLOAT]), "LINEAR")]
+
+    @trtp.aot_impl("cmpf::ms_deform_attn")
+    def _ms_deform_attn_aot(value, spatial_shapes, locations, weights, outputs, tactic: int) -> AotResult:
+        plan = K.ms_deform_attn_plan(value.shape_expr, spatial_shapes.shape_expr, locations.shape_expr,
+                                     weights.shape_expr, const=const, cdiv=cdiv)
+        return aot(plan, [value, spatial_shapes, locations, weights], outputs)
 
     @trtp.impl("cmpf::ms_deform_attn")
-    def _ms_deform_attn_impl(value, locations, weights, spatial_shapes, outputs, stream: int) -> None:
-        shapes = [int(s) for s in spatial_shapes]
-        _run(
-            stream,
-            outputs,
-            lambda: ms_deform_attn_triton(_cuda(value), shapes, _cuda(locations), _cuda(weights)),
-        )
-
-    _registered = True
-    return PLUGIN_IDS
+    def _ms_deform_attn_impl(value, spatial_shapes, locations, weights, outputs, stream: int) -> None:
+        shapes = cuda(spatial_shapes).flatten().tolist()  # the level sizes, read back once per call
+        run(stream, outputs, lambda: ms_deform_attn_triton(cuda(value), shapes, cuda(locations), cuda(weights)))

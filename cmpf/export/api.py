@@ -58,6 +58,7 @@ class ExportConfig:
     train_vocab: Optional[str] = None  # training vocabulary: its synonyms are the seen classes
     trace: TraceSizes = TraceSizes()
     verify: bool = True  # run each ONNX file once on ONNX Runtime and compare with the eager graph
+    plugins: tuple[str, ...] = ()  # kernels written as TensorRT plugin nodes (cmpf.engines.plugin_export)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -67,6 +68,13 @@ class ExportConfig:
             raise InputError(f"ONNX opset {self.opset} is too old; use >= 18")
         if self.vocab and self.classes:
             raise InputError("give at most one of --vocab FILE and --classes LIST")
+        if self.plugins:
+            from cmpf.engines.plugin_export import plugin_names
+
+            plugin_names(self.plugins)
+            if tuple(self.formats) != ("onnx",):
+                raise InputError(f"--plugins writes TensorRT plugin nodes into ONNX files; export --format onnx "
+                                 f"alone (this export: {','.join(self.formats)})")
 
     def command(self) -> str:
         """The command line that reproduces this export (recorded in the manifest)."""
@@ -79,6 +87,8 @@ class ExportConfig:
             args += ["--graphs", ",".join(self.graphs)]
         if self.device != "cpu":
             args += ["--device", self.device]
+        if self.plugins:
+            args += ["--plugins", ",".join(self.plugins)]
         return shlex.join(args)
 
 
@@ -97,6 +107,9 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
     if cfg.train_vocab:
         options = options.with_seen(load_vocabulary_file(cfg.train_vocab).classes)
     model = (model or build_model(cfg.model, cfg.checkpoint)).eval().to(cfg.device)
+    recorded = model.cfg
+    if cfg.plugins:  # trace with the Triton kernels, whose ops become the plugin nodes
+        model, recorded = _with_plugins(model, cfg.plugins)
     specs = model_specs(model)
     graphs = list(cfg.graphs or specs)
     missing = sorted(set(graphs) - set(specs))
@@ -121,7 +134,7 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
             bar.update()
         bar.set_postfix_str("manifest")
         spec_args = {"channels": model.backbone.channels, "embed_dim": model.backbone.embed_dim}
-        manifest = build_manifest(model.cfg, options, {g: specs[g] for g in graphs}, spec_args, files, staged,
+        manifest = build_manifest(recorded, options, {g: specs[g] for g in graphs}, spec_args, files, staged,
                                   command=cfg.command(), opset=cfg.opset if "onnx" in cfg.formats else None,
                                   weights=weights, vocabulary=vocabulary)
         manifest.write(staged)
@@ -129,6 +142,18 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
     bar.update()
     bar.close()
     return out / MANIFEST_NAME
+
+
+def _with_plugins(model, plugins):
+    """(the model with the plugged kernels' Triton paths and the same weights, the config to record: the model's
+    own, so that the torch backend rebuilds a model that runs where it did)."""
+    from cmpf.engines.plugin_export import check_traceable, plugin_model_config
+    from cmpf.model import build_model
+
+    check_traceable(plugins)
+    traced = build_model(plugin_model_config(model.cfg, plugins)).eval().to(next(model.parameters()).device)
+    traced.load_state_dict(model.state_dict())
+    return traced, model.cfg
 
 
 def _record_weights(cfg: ExportConfig, model, out: Path, final: Path) -> WeightsRecord:
@@ -154,15 +179,32 @@ def _trace(model, graph: str, spec, cfg: ExportConfig):
 def _write_format(program, model, graph: str, spec, fmt: str, out: Path, cfg: ExportConfig) -> GraphFile:
     path = out / f"{graph}.{PRECISION}{FORMAT_SUFFIX[fmt]}"
     if fmt == "onnx":
+        table = None
+        if cfg.plugins:
+            from cmpf.engines.plugin_export import translation_table
+
+            table = translation_table(cfg.plugins)
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
             warnings.simplefilter("ignore")  # the exporter's progress prints and optimizer notes
-            written = export_onnx(program, spec, path, opset=cfg.opset, external_data=cfg.external_data)
-        verified = _verify_onnx(path, model, graph, spec) if cfg.verify else None
-        return GraphFile(path.name, PRECISION, "any", tuple(p.name for p in written[1:]), verified)
+            written = export_onnx(program, spec, path, opset=cfg.opset, external_data=cfg.external_data,
+                                  custom_translation_table=table)
+        plugins = _plugin_nodes(path) if cfg.plugins else []
+        # ONNX Runtime cannot run TensorRT plugin nodes: such files are checked by TensorRT's build
+        verified = _verify_onnx(path, model, graph, spec) if cfg.verify and not plugins else None
+        recipe = {"tensorrt_plugins": sorted(set(plugins))} if plugins else None
+        return GraphFile(path.name, PRECISION, "any", tuple(p.name for p in written[1:]), verified, recipe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notes from inductor internals
         export_aoti(program, path)
     return GraphFile(path.name, PRECISION, program_device(program))
+
+
+def _plugin_nodes(path: Path) -> list[str]:
+    import onnx  # noqa: PLC0415
+
+    from cmpf.engines.plugin_export import plugin_nodes
+
+    return plugin_nodes(onnx.load(str(path), load_external_data=False))
 
 
 @contextlib.contextmanager

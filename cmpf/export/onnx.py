@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.export import ExportedProgram
@@ -21,18 +22,24 @@ DEFAULT_OPSET = 20  # ≥ 18 (LayerNorm, GridSample 4-D); 20 adds native Gelu fo
 
 
 def export_onnx(program: ExportedProgram, spec: GraphSpec, path: str | Path, *,
-                opset: int = DEFAULT_OPSET, external_data: bool = False) -> list[Path]:
+                opset: int = DEFAULT_OPSET, external_data: bool = False,
+                custom_translation_table: Optional[dict] = None) -> list[Path]:
     """Write the ONNX file of one graph; returns the model path followed by its external-data files.
 
     The file is staged in a temporary directory beside ``path`` and moved into place only after
     ``onnx.checker`` accepts it, so an interrupted export never leaves a half-written model.
+
+    Args:
+        custom_translation_table: torch op → ONNX builder, e.g. the TensorRT plugin nodes of
+            ``cmpf.engines.plugin_export.translation_table`` (``cmpf export --plugins``).
     """
     import onnx  # noqa: PLC0415 (optional dependency: cmpf[onnx])
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program = torch.onnx.export(program, (), input_names=spec.input_names, output_names=spec.output_names,
-                                     opset_version=opset, dynamo=True, optimize=True, verbose=False)
+                                     opset_version=opset, dynamo=True, optimize=True, verbose=False,
+                                     custom_translation_table=custom_translation_table)
     name_io_dims(onnx_program.model, spec)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name

@@ -378,3 +378,264 @@ def test_torch_tensorrt_runner_binds_positionally():
 
     with pytest.raises(ArtifactError, match="returns 1 tensors"):
         TorchTensorRTRunner.from_module(torch.jit.script(Short()), TOY, "cpu")({"x": x, "keep": keep})
+
+
+# -- plugins: AOT kernels, launch plans, PTX, ONNX nodes ----------------------------------------------------
+class Sym:
+    """A stand-in for TensorRT's ShapeExpr: +, -, * and // with the expression on the left only (it has no
+    reflected operators), ``is_constant`` / ``constant_value`` for static dims."""
+
+    def __init__(self, value, static=False):
+        self.value, self.static = value, static
+
+    def _op(self, other, f):
+        return Sym(f(self.value, other.value if isinstance(other, Sym) else other))
+
+    def __add__(self, o):
+        return self._op(o, lambda a, b: a + b)
+
+    def __sub__(self, o):
+        return self._op(o, lambda a, b: a - b)
+
+    def __mul__(self, o):
+        return self._op(o, lambda a, b: a * b)
+
+    def __floordiv__(self, o):
+        return self._op(o, lambda a, b: a // b)
+
+    @property
+    def is_constant(self):
+        return self.static
+
+    def constant_value(self):
+        assert self.static
+        return self.value
+
+
+def _sym_cdiv(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        raise ValueError("trtp.cdiv refuses two ints")
+    value = lambda x: x.value if isinstance(x, Sym) else x  # noqa: E731
+    return Sym(-(-value(a) // value(b)))
+
+
+def _sym_const(d):
+    if isinstance(d, int):
+        return d
+    if not d.is_constant:
+        raise ValueError("dynamic")
+    return d.constant_value()
+
+
+def _dims(shape, static):
+    return tuple(Sym(v, i in static) for i, v in enumerate(shape))
+
+
+@pytest.mark.parametrize("op, shapes, static", [
+    ("ms_deform_attn", [(2, 30, 8, 32), (3, 2), (2, 11, 8, 3, 4, 2), (2, 11, 8, 3, 4)], [{2, 3}, {0, 1}, {2, 3, 4, 5},
+                                                                                          {2, 3, 4}]),
+    ("mask_pooling", [(2, 256, 16, 20), (2, 250, 64, 80)], [{1}, set()]),
+    ("masked_attention", [(2, 8, 250, 32), (2, 8, 300, 32), (2, 8, 300, 32), (2, 1, 250, 300)],
+     [{1, 3}, {3}, {3}, set()]),
+])
+def test_plans_evaluate_on_tensorrt_shape_expressions(op, shapes, static):
+    from cmpf.engines.plugin_kernels import PLANS
+
+    plain = PLANS[op](*shapes)
+    symbolic = PLANS[op](*[_dims(s, st) for s, st in zip(shapes, static)], const=_sym_const, cdiv=_sym_cdiv)
+    value = lambda x: x.value if isinstance(x, Sym) else x  # noqa: E731
+    assert [value(g) for g in symbolic.grid] == list(plain.grid)
+    assert [value(s) for s in symbolic.scalars] == list(plain.scalars)
+    assert symbolic.constexprs == plain.constexprs and symbolic.num_warps == plain.num_warps
+    with pytest.raises(ValueError, match="dynamic"):  # the dims compiled in must be static in the network
+        PLANS[op](*[_dims(s, set()) for s in shapes], const=_sym_const, cdiv=_sym_cdiv)
+
+
+@pytest.fixture
+def triton_interpreter():
+    from cmpf.kernels._triton import interpreting, is_triton_available
+
+    if not is_triton_available():
+        pytest.skip("triton is not importable; the plugins' kernels are Triton kernels")
+    if not interpreting():
+        pytest.skip("no GPU here: run with TRITON_INTERPRET=1 (the project's test command sets it)")
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+@pytest.mark.parametrize("shapes", [[(5, 7), (3, 4), (2, 2)], [(4, 4)]])
+def test_aot_deformable_attention_matches_the_reference(shapes):
+    from cmpf.engines.plugin_kernels import launch, ms_deform_attn_plan
+    from cmpf.kernels.ms_deform_attn import ms_deform_attn_ref
+
+    n, m, dh, lq, p, levels = 2, 2, 8, 11, 3, len(shapes)
+    value = torch.randn(n, sum(h * w for h, w in shapes), m, dh)
+    loc, weights = torch.rand(n, lq, m, levels, p, 2) * 1.2 - 0.1, torch.rand(n, lq, m, levels, p)
+    out = torch.empty(n, lq, m * dh)
+    launch(ms_deform_attn_plan(value.shape, (levels, 2), loc.shape, weights.shape),
+           [value, torch.tensor(shapes, dtype=torch.int32), loc, weights], [out])  # TensorRT's argument order
+    torch.testing.assert_close(out, ms_deform_attn_ref(value, shapes, loc, weights), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("logit_size", [(10, 12), (5, 6), (3, 7)])  # upsampled, same size, downsampled
+def test_aot_mask_pooling_matches_the_reference(dtype, logit_size):
+    from cmpf.engines.plugin_kernels import launch, mask_pooling_plan
+    from cmpf.kernels.mask_pooling import mask_pooling_ref
+
+    x, logits = torch.randn(2, 40, 5, 6, dtype=dtype), torch.randn(2, 20, *logit_size, dtype=dtype)
+    logits[0, 1] = -1  # an empty mask pools to 0
+    out = torch.empty(2, 20, 40, dtype=dtype)
+    launch(mask_pooling_plan(x.shape, logits.shape, dtype=str(dtype).removeprefix("torch.")), [x, logits], [out])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out, mask_pooling_ref(x, logits, upcast=True).to(dtype), **tol)
+    assert out[0, 1].abs().max() == 0
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+@pytest.mark.parametrize("mask_heads", [1, 4])
+def test_aot_masked_attention_matches_the_reference(mask_heads):
+    from cmpf.engines.plugin_kernels import launch, masked_attention_plan
+    from cmpf.kernels.masked_attention import masked_attention_ref
+
+    q, k, v = torch.randn(2, 4, 20, 8), torch.randn(2, 4, 37, 8), torch.randn(2, 4, 37, 8)
+    blocked = torch.rand(2, mask_heads, 20, 37) > 0.4
+    blocked[0, 0, 3] = True  # a query hiding every key sees them all (Mask2Former)
+    out = torch.empty_like(q)
+    launch(masked_attention_plan(q.shape, k.shape, v.shape, blocked.shape), [q, k, v, blocked.view(torch.int8)], [out])
+    torch.testing.assert_close(out, masked_attention_ref(q, k, v, blocked), rtol=1e-5, atol=1e-5)
+
+
+def test_ptx_entry_is_trimmed_to_tensorrts_arguments():
+    from cmpf.engines.plugin_kernels import signature, trim_entry_params
+
+    ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t.param .u64 k_param_2,\n"
+           "\t.param .u64 k_param_3\n)\n{\n\tld.param.u64 %rd1, [k_param_0];\n\tld.param.u32 %r1, [k_param_1];\n}\n")
+    trimmed = trim_entry_params(ptx, "k", 2)
+    assert "k_param_2" not in trimmed and "k_param_3" not in trimmed and "[k_param_1]" in trimmed
+    with pytest.raises(ValueError, match="reads k_param_1"):
+        trim_entry_params(ptx, "k", 1)
+    with pytest.raises(ValueError, match="has 4 parameters, TensorRT passes 5"):
+        trim_entry_params(ptx, "k", 5)
+    assert signature(["x", "n", "y", "B"], ["float16"], 1, ["float32"], {"B": 4}) == {
+        "x": "*fp16", "n": "i32", "y": "*fp32", "B": "constexpr"}
+    with pytest.raises(ValueError, match="do not match"):
+        signature(["x", "y", "B"], ["float16"], 1, ["float32"], {"B": 4})
+
+
+_PTX_SCRIPT = r"""
+import re, sys
+from cmpf.engines import plugin_kernels as K
+plans = [(K.ms_deform_attn_plan((1, 2000, 8, 32), (3, 2), (1, 2000, 8, 3, 4, 2), (1, 2000, 8, 3, 4)),
+          ["float32", "int32", "float32", "float32"], ["float32"]),
+         (K.mask_pooling_plan((1, 256, 64, 64), (1, 250, 200, 272), dtype="float16"), ["float16"] * 2, ["float16"]),
+         (K.masked_attention_plan((1, 8, 250, 32), (1, 8, 3400, 32), (1, 8, 3400, 32), (1, 1, 250, 3400)),
+          ["float32"] * 3 + ["bool"], ["float32"])]
+for plan, inputs, outputs in plans:
+    kernel = K.compile_ptx(plan, inputs, outputs, 90)
+    params = re.search(r"\.entry\s+" + kernel.name + r"\s*\(([^)]*)\)", kernel.ptx).group(1).count(".param")
+    print(plan.op, params, len(inputs) + len(plan.scalars) + len(outputs), kernel.block_x, kernel.shared_mem,
+          ".target sm_90" in kernel.ptx)
+"""
+
+
+@pytest.mark.slow
+def test_plugin_kernels_compile_to_ptx_for_sm90_without_a_gpu():
+    """The AOT path for real: Triton's compiler (its wheel carries ptxas) builds the PTX TensorRT embeds, with
+    exactly the parameters TensorRT passes (~25 s with a cold Triton cache, so opt-in: -m slow). A
+    subprocess: a process that imported triton under TRITON_INTERPRET=1 cannot compile."""
+    pytest.importorskip("triton", reason="triton is not importable; the plugins' kernels are Triton kernels")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    result = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["ms_deform_attn", "mask_pooling", "masked_attention"]
+    for op, params, expected, threads, shared, target in rows:
+        assert params == expected and int(threads) % 32 == 0 and int(shared) <= 48 * 1024 and target == "True", op
+
+
+def test_plugin_export_config():
+    from cmpf.config import get_config
+    from cmpf.engines.plugin_export import plugin_model_config
+    from cmpf.export.api import ExportConfig
+
+    cfg = plugin_model_config(get_config("tiny"), ["ms_deform_attn", "mask_pooling"])
+    assert (cfg.deform_attn_impl, cfg.mask_pooling_impl, cfg.attention_impl) == ("triton", "triton", "torch")
+    assert plugin_model_config(get_config("tiny"), []) == get_config("tiny")
+    export = ExportConfig("tiny", "out", plugins=("mask_pooling",))
+    assert export.command().endswith("--plugins mask_pooling")
+    with pytest.raises(InputError, match="--format onnx alone"):
+        ExportConfig("tiny", "out", formats=("onnx", "aoti"), plugins=("mask_pooling",))
+    with pytest.raises(InputError, match="unknown plugins"):
+        ExportConfig("tiny", "out", plugins=("flash",))
+
+
+def test_plugin_registration_needs_tensorrt():
+    from cmpf.engines.plugins import PLUGIN_IDS, register_tensorrt_plugins
+
+    try:
+        import tensorrt.plugin  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependency, match=r"pip install 'cmpf\[trt\]'"):
+            register_tensorrt_plugins()
+    else:
+        assert register_tensorrt_plugins() == PLUGIN_IDS
+
+
+def test_exported_kernel_ops_become_plugin_nodes(tmp_path):
+    """The three kernels' torch ops in a traced program → cmpf-domain AOT nodes that the lint accepts; the
+    deformable attention's level sizes an int32 input computed from the (dynamic) feature-map shapes."""
+    import onnx
+    from torch.export import Dim
+
+    from cmpf.engines.lint import lint_model
+    from cmpf.engines.plugin_export import plugin_nodes, translation_table
+    from cmpf.kernels import mask_pooling as mp
+    from cmpf.kernels import masked_attention as ma
+    from cmpf.kernels import ms_deform_attn as msda
+
+    class Kernels(torch.nn.Module):
+        def forward(self, value, level0, level1, locations, weights, x, logits, q, k, blocked):
+            (h0, w0), (h1, w1) = level0.shape[-2:], level1.shape[-2:]
+            return (msda.register_op()(value, [h0, w0, h1, w1], locations, weights),
+                    mp.mask_pooling(x, logits, impl="triton"),
+                    ma.masked_attention(q, k, k, blocked, impl="triton"),
+                    ma.masked_attention(q, q, q, None, impl="triton"))
+
+    h, w, s, lk = Dim("h32", min=2), Dim("w32", min=2), Dim("s", min=2), Dim("lk", min=2)
+    args = (torch.randn(1, 30, 2, 8), torch.randn(1, 1, 4, 6), torch.randn(1, 1, 2, 3), torch.rand(1, 7, 2, 2, 2, 2),
+            torch.rand(1, 7, 2, 2, 2), torch.randn(2, 16, 5, 6), torch.randn(2, 3, 10, 12), torch.randn(2, 4, 5, 8),
+            torch.randn(2, 4, 9, 8), torch.rand(2, 1, 5, 9) > 0.5)
+    dims = ({1: s}, {2: 2 * h, 3: 2 * w}, {2: h, 3: w}, {}, {}, {}, {}, {}, {2: lk}, {3: lk})
+    with torch.no_grad():
+        program = torch.export.export(Kernels(), args, dynamic_shapes=dims, strict=False)
+    onnx_program = torch.onnx.export(program, (), dynamo=True, optimize=True, opset_version=20, verbose=False,
+                                     custom_translation_table=translation_table(["masked_attention", "mask_pooling",
+                                                                                 "ms_deform_attn"]))
+    path = tmp_path / "kernels.onnx"
+    onnx_program.save(path)
+    onnx.checker.check_model(str(path))
+    model = onnx.load(str(path))
+    assert plugin_nodes(model) == ["ms_deform_attn", "mask_pooling", "masked_attention"]  # self-attention: plain ops
+    assert ("cmpf", 1) in [(o.domain, o.version) for o in model.opset_import]
+    for node in model.graph.node:
+        if node.domain == "cmpf":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs == {"plugin_namespace": b"cmpf", "aot": 1}
+    deform = next(n for n in model.graph.node if n.op_type == "ms_deform_attn")
+    assert deform.input[1] not in [i.name for i in model.graph.input]  # computed from the shapes in the graph
+    assert not [f for f in lint_model(path) if f.op.startswith("cmpf::")]
+
+
+def test_untraceable_plugins_are_refused_before_the_export():
+    from cmpf.engines.plugin_export import check_traceable
+
+    check_traceable(["masked_attention", "mask_pooling"])  # nothing to probe
+    try:
+        check_traceable(["ms_deform_attn"])
+    except InputError as e:  # until cmpf.kernels.ms_deform_attn keeps symbolic level sizes
+        assert str(e).startswith("--plugins ms_deform_attn: ") and "\n" not in str(e)
