@@ -53,7 +53,8 @@ def check_traceable(plugins) -> None:
         def forward(self, feature, value, locations, weights):
             return ms_deform_attn(value, [tuple(feature.shape[-2:])], locations, weights, impl="triton")
 
-    args = (torch.zeros(1, 1, 4, 6), torch.zeros(1, 24, 1, 4), torch.zeros(1, 3, 1, 1, 2, 2), torch.zeros(1, 3, 1, 1, 2))
+    args = (torch.zeros(1, 1, 4, 6), torch.zeros(1, 24, 1, 4), torch.zeros(1, 3, 1, 1, 2, 2),
+            torch.zeros(1, 3, 1, 1, 2))
     dims = ({2: Dim("h", min=2), 3: Dim("w", min=2)}, {1: Dim("s", min=2)}, {}, {})
     try:
         torch.export.export(Probe(), args, dynamic_shapes=dims, strict=False)

@@ -18,7 +18,8 @@ from cmpf.tolerances import REL, rel_error
 
 pytestmark = [pytest.mark.gpu, pytest.mark.trt,
               pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
-                                 reason="needs TensorRT >= 10.12 (not installed: pip install 'cmpf[trt]') and a CUDA GPU")]
+                                 reason="needs TensorRT >= 10.12 (not installed: pip install 'cmpf[trt]') and a "
+                                        "CUDA GPU")]
 SMALL = "height=64:128:256,width=64:160:256,batch=1:2:3,num_classes=1:5:8,num_synonyms=1:3:4,num_prompts=1:4:8," \
         "num_points=1:5:8"
 SIZES = TraceSizes(batch=2, h32=3, w32=5, num_classes=5, num_synonyms=3, num_prompts=4, num_points=5)
