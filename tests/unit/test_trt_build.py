@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -639,3 +640,155 @@ def test_untraceable_plugins_are_refused_before_the_export():
         check_traceable(["ms_deform_attn"])
     except InputError as e:  # until cmpf.kernels.ms_deform_attn keeps symbolic level sizes
         assert str(e).startswith("--plugins ms_deform_attn: ") and "\n" not in str(e)
+
+
+# -- the TensorRT-calling layer, against a stand-in tensorrt module -------------------------------------------
+def _fake_tensorrt(parse_ok=True, build_ok=True):
+    """The parts of the tensorrt module ``cmpf.engines.tensorrt_build`` calls, recording the calls."""
+    calls = []
+    Severity = enum.Enum("Severity", "INTERNAL_ERROR ERROR WARNING INFO VERBOSE")
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    ILogger.Severity = Severity
+
+    class Cache:
+        def __init__(self, data):
+            self.data = bytes(data)
+
+        def serialize(self):
+            return self.data + b"+tuned"
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("workspace", pool, size))
+
+        def create_timing_cache(self, data):
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls.append(("timing_cache", cache.data, ignore_mismatch))
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+        def add_optimization_profile(self, profile):
+            calls.append(("profile", dict(profile.shapes)))
+            return 0
+
+        def __setattr__(self, name, value):
+            if name == "builder_optimization_level":
+                calls.append(("opt_level", value))
+            object.__setattr__(self, name, value)
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, low, opt, high):
+            self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+
+    class Network:
+        def __init__(self, flags):
+            calls.append(("flags", flags))
+            self.names = []
+
+        num_inputs = property(lambda self: len(self.names))
+
+        def get_input(self, i):
+            return SimpleNamespace(name=self.names[i])
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network = network
+            self.num_errors = 0 if parse_ok else 2
+
+        def parse_from_file(self, path):
+            import onnx
+
+            calls.append(("parse", Path(path).name))
+            self.network.names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+            return parse_ok
+
+        def get_error(self, i):
+            return SimpleNamespace(node_name=lambda: f"n{i}", node=lambda: i, node_operator=lambda: "Unique",
+                                   desc=lambda: "No importer registered for op: Unique")
+
+    class Builder:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags):
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            self.logger.log(Severity.WARNING, "weights  of layer x\\n were clipped")
+            self.logger.log(Severity.INFO, "chatter")
+            if not build_ok:
+                self.logger.log(Severity.ERROR, "out of memory")
+                return None
+            return memoryview(b"serialized plan")
+
+    Flag = enum.IntEnum("NetworkDefinitionCreationFlag", "STRONGLY_TYPED PREFER_AOT_PYTHON_PLUGINS", start=1)
+    trt = SimpleNamespace(__version__="10.13.0.35", ILogger=ILogger, Builder=Builder, OnnxParser=OnnxParser,
+                          NetworkDefinitionCreationFlag=Flag, MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"))
+    return trt, calls
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+
+
+def test_tensorrt_layer_builds_a_strongly_typed_network_with_the_profiles(artifacts, tmp_path, fake_gpu):
+    from cmpf.engines.tensorrt_build import build_engine
+
+    manifest = Manifest.read(artifacts)
+    cfg = B.EngineConfig(str(artifacts), graphs=("mask_classifier",), shapes=("batch=1:1:2", "batch=3:4:8"),
+                         opt_level=5, workspace_gb=0.5)
+    (job,) = B.plan_builds(manifest, cfg)
+    trt, calls = _fake_tensorrt()
+    out = tmp_path / job.name
+    result = build_engine(trt, job, manifest.graphs["mask_classifier"].spec, out, b"old cache", cfg)
+    assert out.read_bytes() == b"serialized plan"
+    assert (result.tensorrt, result.gpu, result.compute_capability) == ("10.13.0.35", "NVIDIA H200", "9.0")
+    assert result.warnings == ("weights of layer x\\n were clipped",) and result.timing_cache == b"old cache+tuned"
+    assert calls[:2] == [("flags", 1 << 1), ("parse", "mask_classifier.fp32.onnx")]  # strongly typed, no plugins
+    assert ("workspace", "workspace", 1 << 29) in calls and ("opt_level", 5) in calls
+    assert ("timing_cache", b"old cache", False) in calls
+    profiles = [c[1] for c in calls if c[0] == "profile"]
+    assert [p["res5"][0][0] for p in profiles] == [1, 3] and [p["res5"][2][0] for p in profiles] == [2, 8]
+    assert profiles[0]["pred_masks"] == ((1, 20, 80, 80), (1, 20, 200, 272), (2, 20, 336, 336))
+    assert set(profiles[0]) == {"res5", "pred_masks", "text_embeddings", "synonym_mask"}
+
+
+def test_tensorrt_layer_reports_every_parser_error_and_build_failure(artifacts, tmp_path, fake_gpu):
+    from cmpf.engines.tensorrt_build import build_engine
+    from cmpf.errors import CheckFailed
+
+    manifest = Manifest.read(artifacts)
+    cfg = B.EngineConfig(str(artifacts), graphs=("mask_classifier",))
+    (job,) = B.plan_builds(manifest, cfg)
+    spec = manifest.graphs["mask_classifier"].spec
+    with pytest.raises(InputError, match=r"refused 2 node\(s\), first n0 \(Unique\): No importer.*cmpf doctor --onnx") as e:
+        build_engine(_fake_tensorrt(parse_ok=False)[0], job, spec, tmp_path / "x.engine", None, cfg)
+    assert e.value.details.splitlines() == ["n0 (Unique): No importer registered for op: Unique",
+                                            "n1 (Unique): No importer registered for op: Unique"]
+    with pytest.raises(CheckFailed, match=r"could not build the engine \(out of memory\)"):
+        build_engine(_fake_tensorrt(build_ok=False)[0], job, spec, tmp_path / "x.engine", None, cfg)
+    assert not (tmp_path / "x.engine").exists()
