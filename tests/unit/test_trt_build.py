@@ -785,7 +785,8 @@ def test_tensorrt_layer_reports_every_parser_error_and_build_failure(artifacts, 
     cfg = B.EngineConfig(str(artifacts), graphs=("mask_classifier",))
     (job,) = B.plan_builds(manifest, cfg)
     spec = manifest.graphs["mask_classifier"].spec
-    with pytest.raises(InputError, match=r"refused 2 node\(s\), first n0 \(Unique\): No importer.*cmpf doctor --onnx") as e:
+    refused = r"refused 2 node\(s\), first n0 \(Unique\): No importer.*cmpf doctor --onnx"
+    with pytest.raises(InputError, match=refused) as e:
         build_engine(_fake_tensorrt(parse_ok=False)[0], job, spec, tmp_path / "x.engine", None, cfg)
     assert e.value.details.splitlines() == ["n0 (Unique): No importer registered for op: Unique",
                                             "n1 (Unique): No importer registered for op: Unique"]
