@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import exported
@@ -45,6 +46,10 @@ def _relu_model(**kw):
 # (``point_embedding[labels == -1] = ...``), which exports as NonZero on BOOL, outside the NonZero types
 # TensorRT documents (FP32, FP16). Anything else is a regression of the export.
 KNOWN_ERRORS = {("sam_mask_decoder", "NonZero")}
+# ONNX Runtime's QDQ quantiser quantises Conv / Gemm biases to INT32 behind a DequantizeLinear, outside the
+# DequantizeLinear types TensorRT documents (INT8, FP8, FP4, INT4); ``extra_options={"QuantizeBias": False}``
+# in cmpf.precision.qdq keeps biases float.
+KNOWN_INT8_ERRORS = {("DequantizeLinear", "DequantizeLinear on INT32 is not supported")}
 
 
 def test_lint_every_tiny_graph_and_precision(capsys):
@@ -64,6 +69,34 @@ def test_lint_every_tiny_graph_and_precision(capsys):
     assert len(out) == len(findings) + 1
     clean = manifest.artifact("clip_image_encoder", "onnx").path
     assert main(["doctor", "--onnx", str(clean)]) == 0
+
+
+def test_lint_reduced_precision_variants(tmp_path):
+    """The fp16 (casts) and int8 (Q/DQ) files cmpf.precision writes, made here as ``cmpf quantize`` makes them
+    (fp16: every graph; int8: the two small graphs, calibrated on two random feeds)."""
+    fp16 = pytest.importorskip("cmpf.precision.fp16", reason="the precision package is not importable")
+    qdq = pytest.importorskip("cmpf.precision.qdq", reason="the precision package is not importable")
+    from cmpf.export.program import example_inputs
+
+    manifest = Manifest.read(exported.tiny_export(("onnx",)))
+    files = []
+    for graph in manifest.graphs:
+        source = manifest.artifact(graph, "onnx").path
+        onnx.save(fp16.to_fp16(onnx.load(str(source)), fp16.keep_ops(graph)), str(tmp_path / f"{graph}.fp16.onnx"))
+        files.append((graph, "fp16"))
+        if graph in ("mask_classifier", "text_encoder"):
+            feeds = [{k: v.numpy() for k, v in example_inputs(manifest.graphs[graph].spec, seed=i).items()}
+                     for i in range(2)]
+            heads = qdq.output_heads(onnx.load(str(source), load_external_data=False))
+            qdq.quantize(source, tmp_path / f"{graph}.int8.onnx", feeds, "int8", "minmax", heads)
+            files.append((graph, "int8"))
+    for graph, precision in files:
+        findings = lint_model(tmp_path / f"{graph}.{precision}.onnx")
+        errors = {(graph, f.op) for f in findings if f.severity == "error"}
+        known = KNOWN_ERRORS | {(graph, op) for op, _ in KNOWN_INT8_ERRORS if precision == "int8"}
+        assert errors <= known, "\n".join(map(str, findings))
+        ops = {n.op_type for n in onnx.load(str(tmp_path / f"{graph}.{precision}.onnx")).graph.node}
+        assert ("QuantizeLinear" in ops) == (precision == "int8")  # the lint saw real Q/DQ graphs
 
 
 # -- crafted bad models ----------------------------------------------------------------------------------
