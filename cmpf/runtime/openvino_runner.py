@@ -4,9 +4,9 @@ OpenVINO reads the same ONNX file ONNX Runtime runs (external weights beside it 
 for the latency hint: one stream, one thread per physical core of this process's CPU set unless
 ``threads`` says otherwise. Inference precision is f32 by default, so fp32 graphs stay within the
 tolerance table's 1e-4 of ONNX Runtime; ``inference_precision="bf16"`` lets the plugin run matmuls
-and convolutions in bf16 where the CPU has bf16 kernels (AVX-512 BF16 / AMX), and is ignored by
-OpenVINO where it has none (``self.inference_precision`` says what was compiled). Torch tensors in
-and out by name; inputs are shared with OpenVINO, outputs are copied out of its buffers.
+and convolutions in bf16. OpenVINO quietly compiles f32 on a CPU without bf16 kernels (AVX-512 BF16
+or AMX; AVX2-only CPUs have none), so this runner refuses bf16 there instead. Torch tensors in and
+out by name; inputs are shared with OpenVINO, outputs are copied out of its buffers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 import torch
 
-from cmpf.errors import InputError
+from cmpf.errors import EnvironmentProblem, InputError
 from cmpf.manifest import ArtifactError
 from cmpf.spec import GraphSpec, check_inputs
 
@@ -51,6 +51,10 @@ class OpenVinoRunner:
         if precision not in _PRECISIONS:
             raise InputError(f"OpenVINO inference precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
         core = ov.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision == "bf16" and "BF16" not in capabilities:
+            raise EnvironmentProblem(f"OpenVINO has no bf16 kernels on this CPU (it offers {', '.join(capabilities)}; "
+                                     f"bf16 needs AVX-512 BF16 or AMX); run the fp32 or int8 files instead")
         model = core.read_model(str(path))
         self._reshape_if_static(model)
         config = {hints.performance_mode: hints.PerformanceMode.LATENCY,

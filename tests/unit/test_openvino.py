@@ -106,16 +106,24 @@ def test_file_that_is_not_the_spec_is_refused(artifacts):
         OpenVinoRunner(text_file, manifest.graphs["mask_classifier"].spec)
 
 
-def test_bf16_hint_compiles_and_stays_within_its_bound(artifacts, runners):
-    from cmpf.errors import InputError
+def test_bf16_hint_runs_within_its_bound_or_is_refused(artifacts, runners):
+    """bf16 where the CPU has bf16 kernels; elsewhere an error (OpenVINO itself would quietly run f32)."""
+    import openvino
+
+    from cmpf.errors import EnvironmentProblem, InputError
     from cmpf.export.program import TraceSizes, example_inputs
     from cmpf.runtime.openvino_runner import OpenVinoRunner
 
     artifact = exported.artifact(artifacts, "clip_image_encoder", "onnx")
     with pytest.raises(InputError, match="inference precision 'int4'; choose one of fp32, bf16"):
         OpenVinoRunner(artifact.path, artifact.graph, inference_precision="int4")
+    assert OpenVinoRunner(artifact.path, artifact.graph, threads=1).threads == 1
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(EnvironmentProblem, match="no bf16 kernels on this CPU .*; run the fp32 or int8 files"):
+            OpenVinoRunner(artifact.path, artifact.graph, inference_precision="bf16")
+        return
     runner = OpenVinoRunner(artifact.path, artifact.graph, threads=1, inference_precision="bf16")
-    assert runner.threads == 1 and runner.inference_precision in ("bf16", "f32")  # f32 on CPUs without bf16
+    assert runner.threads == 1 and runner.inference_precision == "bf16"
     inputs = example_inputs(artifact.graph, TraceSizes(*SIZES["b1-96x128-k2"]), seed=5)
     expected, actual = runners[0]["clip_image_encoder"](inputs), runner(inputs)
     for name, ref in expected.items():
