@@ -24,10 +24,9 @@ setup(
         "triton": ["triton"],
         "trt": ["tensorrt"],
         "openvino": ["openvino"],
-        "precision": ["onnx", "onnxruntime", "onnxconverter-common"],
+        "precision": ["onnx", "onnxruntime"],
         "bench": ["matplotlib"],
-        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib", "openvino",
-                "onnxconverter-common"],
+        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib", "openvino"],
     },
     entry_points={"console_scripts": ["cmpf=cmpf.cli:main"]},
 )

@@ -212,10 +212,11 @@ class Manifest:
         file = entry.files.get(variant_key(fmt, precision))
         if file is None and precision != "fp32":
             have = ", ".join(sorted(entry.files)) or "none"
-            make = (f"cmpf quantize --artifacts {self.directory} --precision {graph}={precision}" if fmt == "onnx"
-                    else f"cmpf build --artifacts {self.directory} --precision {precision} --graphs {graph}")
             raise ArtifactError(f"{self.directory}: graph {graph!r} has no {precision} {fmt} file (has {have}); "
-                                f"make it with `{make}`")
+                                f"make it with `{self._make_command(fmt, f'{graph}={precision}')}`")
+        if file is None and fmt == "engine":
+            raise ArtifactError(f"{self.directory}: graph {graph!r} has no TensorRT engine; build it with "
+                                f"`cmpf build --artifacts {self.directory} --graphs {graph}`")
         if file is None:
             raise ArtifactError(f"{self.directory}: graph {graph!r} was not exported as {fmt} (has "
                                 f"{sorted(entry.files)}); export it with `{self.command} --format {fmt}`")
@@ -230,18 +231,32 @@ class Manifest:
                  if k == fmt or k.startswith(fmt + ".")]
         return sorted(found, key=lambda p: (p != "fp32", p))
 
-    def runtime_plan(self, fmt: str, precision: Optional[str]) -> dict[str, str]:
+    def runtime_plan(self, fmt: str, precision: Optional[str], runtime: tuple[str, ...] = ()) -> dict[str, str]:
         """{graph: precision} of ``--precision`` for this directory: one name uses that precision wherever a
-        graph has it (fp32 elsewhere; none having it is an error), ``GRAPH=PRECISION`` pairs are exact."""
+        graph has it (fp32 elsewhere; none having it is an error), ``GRAPH=PRECISION`` pairs are exact.
+
+        ``runtime``: precisions the backend applies itself to the fp32 files (OpenVINO's bf16), available to
+        every graph.
+        """
         plan = parse_precision(precision, self.graphs)
+        have = lambda g, p: p == "fp32" or p in runtime or p in self.precisions(g, fmt)  # noqa: E731
         if precision and "=" not in precision:
             wanted = next(iter(plan.values()))
-            plan = {g: (wanted if wanted in self.precisions(g, fmt) else "fp32") for g in plan}
+            plan = {g: (wanted if have(g, wanted) else "fp32") for g in plan}
             if wanted != "fp32" and wanted not in plan.values():
-                make = (f"cmpf quantize --artifacts {self.directory} --precision {wanted}" if fmt == "onnx"
-                        else f"cmpf build --artifacts {self.directory} --precision {wanted}")
-                raise ArtifactError(f"{self.directory}: no graph has a {wanted} {fmt} file; make them with `{make}`")
+                raise ArtifactError(f"{self.directory}: no graph has a {wanted} {fmt} file; make them with "
+                                    f"`{self._make_command(fmt, wanted)}`")
+        for graph, p in plan.items():
+            if not have(graph, p):
+                raise ArtifactError(f"{self.directory}: graph {graph!r} has no {p} {fmt} file (has "
+                                    f"{', '.join(self.precisions(graph, fmt)) or 'none'}); make it with "
+                                    f"`{self._make_command(fmt, f'{graph}={p}')}`")
         return plan
+
+    def _make_command(self, fmt: str, precision: str) -> str:
+        if fmt == "onnx":
+            return f"cmpf quantize --artifacts {self.directory} --precision {precision}"
+        return f"cmpf build --artifacts {self.directory} --precision {precision}"
 
     def with_files(self, added: dict[str, dict[str, GraphFile]], hashes: dict[str, str]) -> "Manifest":
         """A copy with derived files added: ``added`` {graph: {variant key: file}}, ``hashes`` {name: sha256}

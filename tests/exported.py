@@ -9,6 +9,7 @@ copy them first (``copy_of``).
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,10 +22,17 @@ CLASSES = "cat;dog,puppy;sky,heaven;grass"
 
 
 def _root() -> Path:
+    """The session's export root; ``CMPF_TEST_EXPORTS=DIR`` keeps exports there across sessions (for
+    development only: an export made by older code is reused as it is)."""
     global _ROOT
     if _ROOT is None:
-        _ROOT = Path(tempfile.mkdtemp(prefix="cmpf-test-exports-"))
-        atexit.register(shutil.rmtree, _ROOT, True)
+        kept = os.environ.get("CMPF_TEST_EXPORTS")
+        if kept:
+            _ROOT = Path(kept)
+            _ROOT.mkdir(parents=True, exist_ok=True)
+        else:
+            _ROOT = Path(tempfile.mkdtemp(prefix="cmpf-test-exports-"))
+            atexit.register(shutil.rmtree, _ROOT, True)
     return _ROOT
 
 
@@ -43,8 +51,9 @@ def tiny_export(formats: tuple[str, ...] = ("onnx",), graphs: tuple[str, ...] | 
     key = (formats, graphs)
     if key not in _CACHE:
         out = _root() / f"tiny-{'-'.join(formats)}-{'-'.join(graphs or ('all',))}"
-        export_model(ExportConfig("tiny", str(out), formats=formats, graphs=graphs), model=tiny_model(),
-                     progress=False)
+        if not (out / "manifest.json").is_file():
+            export_model(ExportConfig("tiny", str(out), formats=formats, graphs=graphs), model=tiny_model(),
+                         progress=False)
         _CACHE[key] = out
     return _CACHE[key]
 

@@ -116,7 +116,10 @@ def precision_plan(source: ModelSource, backend: Backend) -> Optional[dict[str, 
     manifest); None for the eager model."""
     if source.artifacts is None or backend.format is None:
         return None
-    return Manifest.read(source.artifacts).runtime_plan(backend.format, source.precision)
+    from cmpf.runtime import RUNTIME_PRECISIONS  # the precisions a backend applies itself (OpenVINO's bf16)
+
+    return Manifest.read(source.artifacts).runtime_plan(backend.format, source.precision,
+                                                        RUNTIME_PRECISIONS.get(backend, ()))
 
 
 def run_bench(predictor: Predictor, image: torch.Tensor, vocabulary: Vocabulary, cfg: BenchConfig,

@@ -187,7 +187,10 @@ def _precision(side: Side, predictor: Predictor) -> str:
     if side.backend is Backend.TORCH:
         return "fp32"
     manifest = Manifest.read(Path(side.source.artifacts))
-    found = set(manifest.runtime_plan(side.backend.format, side.source.precision).values())
+    from cmpf.runtime import RUNTIME_PRECISIONS
+
+    found = set(manifest.runtime_plan(side.backend.format, side.source.precision,
+                                      RUNTIME_PRECISIONS.get(side.backend, ())).values())
     return next((p for p in ("fp8", "int8", "bf16", "fp16") if p in found), "fp32")
 
 

@@ -1,4 +1,4 @@
-"""``cmpf quantize --artifacts DIR --precision fp16|int8|fp8|GRAPH=P,... [--calib-images DIR]``."""
+"""``cmpf quantize --artifacts DIR --precision fp16|int8|GRAPH=P,... [--calib-images DIR]``."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ from cmpf.cli import common
 
 
 def add(sub) -> None:
-    p = sub.add_parser("quantize", help="write fp16 / int8 / fp8 ONNX graphs beside an export's fp32 files",
+    p = sub.add_parser("quantize", help="write fp16 / int8 ONNX graphs beside an export's fp32 files",
                        description="Reduced precision written into the graph, as TensorRT 11 builds it: fp16 by "
-                                   "casts (norms, softmax and the reductions stay fp32), int8/fp8 by symmetric Q/DQ "
+                                   "casts (norms, softmax and the reductions stay fp32), int8 by symmetric Q/DQ "
                                    "calibrated on images run through the fp32 pipeline. Adds <graph>.<precision>.onnx "
                                    "files and records them in manifest.json; run them with `cmpf run --artifacts DIR "
                                    "--precision P`.")
     p.add_argument("--artifacts", required=True, metavar="DIR", help="directory written by `cmpf export`")
     p.add_argument("--precision", required=True, metavar="P",
-                   help="fp16, int8 or fp8 for every graph, or GRAPH=P pairs: 'sam_image_encoder=int8,decoder=fp16' "
+                   help="fp16 or int8 for every graph, or GRAPH=P pairs: 'sam_image_encoder=int8,decoder=fp16' "
                         "(graphs not named stay fp32)")
-    p.add_argument("--calib-images", metavar="DIR", help="calibration images (int8/fp8; a few dozen like the ones "
+    p.add_argument("--calib-images", metavar="DIR", help="calibration images (int8; a few dozen like the ones "
                                                          "you will segment)")
     p.add_argument("--calib-limit", type=common.positive_int, metavar="N", help="use the first N images (sorted)")
     p.add_argument("--calib-method", default=None, choices=("minmax", "entropy", "percentile"),
-                   help="activation range estimate (default: percentile, measured best)")
-    p.add_argument("--exclude", metavar="NODES", help="comma list of node names kept out of Q/DQ (int8/fp8) or "
+                   help="activation range estimate (default: minmax, measured best)")
+    p.add_argument("--exclude", metavar="NODES", help="comma list of node names kept out of Q/DQ (int8) or "
                                                       "kept fp32 (fp16)")
     p.add_argument("--quantize-heads", action="store_true",
                    help="also quantise the output heads (the last weight op before each graph output)")

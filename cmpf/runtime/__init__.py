@@ -13,26 +13,40 @@ import torch
 
 from cmpf.backend import Backend
 from cmpf.errors import require
-from cmpf.manifest import Artifact, ArtifactError, Manifest
+from cmpf.manifest import Artifact, ArtifactError, Manifest, parse_precision
 from cmpf.runtime.base import Runner
 
 
-def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.device = "cpu") -> Runner:
+# precisions a backend applies itself to the fp32 files (not files of their own)
+RUNTIME_PRECISIONS: dict[Backend, tuple[str, ...]] = {Backend.OPENVINO: ("bf16",)}
+
+
+def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.device = "cpu",
+                precision: Optional[str] = None) -> Runner:
     """A runner for one verified graph file (``Manifest.artifact``, of any precision).
 
     For ``torch``, any file of the graph will do: the eager model is rebuilt from the manifest's
-    config and recorded weights.
+    config and recorded weights. ``precision``: one of ``RUNTIME_PRECISIONS[backend]`` to run an
+    fp32 file at (OpenVINO's inference-precision hint).
     """
     backend = Backend.parse(backend)
+    if precision is not None and precision not in RUNTIME_PRECISIONS.get(backend, ()):
+        raise ArtifactError(f"the {backend} backend runs {artifact.precision} files as they are, not at {precision}")
     if backend.format is not None and artifact.format != backend.format:
         raise ArtifactError(f"{artifact.path}: a {artifact.format} file cannot run on the {backend} backend "
                             f"(it needs {backend.format})")
     match backend:
         case Backend.ONNXRUNTIME:
             require("onnxruntime", "onnx", "the onnxruntime backend")
-            from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner
+            from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner, session_options
 
-            return OnnxRuntimeRunner(artifact.path, artifact.graph, device)
+            options = None
+            if (artifact.recipe or {}).get("onnxruntime_optimization") == "layout":  # cmpf.precision.api
+                import onnxruntime as ort
+
+                options = session_options()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+            return OnnxRuntimeRunner(artifact.path, artifact.graph, device, options=options)
         case Backend.AOTI:
             from cmpf.runtime.aoti_runner import AotiRunner
 
@@ -45,7 +59,7 @@ def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.
             require("openvino", "openvino", "the openvino backend")
             from cmpf.runtime.openvino_runner import OpenVinoRunner
 
-            return OpenVinoRunner(artifact.path, artifact.graph, device)
+            return OpenVinoRunner(artifact.path, artifact.graph, device, inference_precision=precision)
         case Backend.TENSORRT:
             require("tensorrt", "trt", "the tensorrt backend")
             from cmpf.runtime.tensorrt_runner import TensorRTRunner
@@ -78,14 +92,21 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
     backend = Backend.parse(backend)
     manifest.require_all_graphs()  # before loading anything
     if backend is Backend.TORCH:
-        if precision and set(manifest.runtime_plan("onnx", precision).values()) != {"fp32"}:
+        if precision and set(parse_precision(precision, manifest.graphs).values()) != {"fp32"}:
             raise ArtifactError(f"--precision {precision}: the torch backend runs the fp32 eager model; run the "
                                 f"reduced-precision files with --backend onnxruntime or openvino")
         from cmpf.runtime.torch_runner import model_from_manifest, torch_runners
 
         return torch_runners(model_from_manifest(manifest, device))
-    plan = manifest.runtime_plan(backend.format, precision)
-    return {g: load_runner(backend, manifest.artifact(g, backend.format, plan[g]), device) for g in manifest.graphs}
+    applied = RUNTIME_PRECISIONS.get(backend, ())
+    plan = manifest.runtime_plan(backend.format, precision, runtime=applied)
+    runners = {}
+    for graph, p in plan.items():
+        if p in applied:  # an fp32 file, run at p by the backend itself
+            runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format), device, p)
+        else:
+            runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format, p), device)
+    return runners
 
 
 __all__ = ["ArtifactError", "Artifact", "Runner", "load_runner", "load_runners"]

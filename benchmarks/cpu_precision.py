@@ -1,0 +1,208 @@
+"""End-to-end CPU seconds per image and parity for every backend × precision of one artifact directory.
+
+    python benchmarks/cpu_precision.py --artifacts /tmp/golden --golden --calib 8 \
+        --combos onnxruntime:fp32,openvino:fp32,openvino:bf16,onnxruntime:int8,openvino:int8
+
+The measurement of issue 18's goals: the full ``frozenseg-convnext-large`` with the golden weights
+(``--golden`` exports them into ``--artifacts`` first, from ``../shared/reference/golden``), the
+golden ``input_image.png`` (300×400) without resize, ADE-150 vocabulary, text embeddings cached
+(the warm-up call encodes them; the timed calls do not). ``--calib N`` quantises int8 with N
+calibration images made from the input image (crops and flips; the only real image here) when the
+directory has no int8 files yet. Each combination: one warm-up, ``--repeats`` timed calls (p50,
+p90, mean, min, per-graph medians), then parity against ``onnxruntime:fp32``: each graph output on
+the pipeline's inputs (L2-relative) and end to end (semantic agreement, PQ with fp32 as ground
+truth). Writes ``results/cpu_precision_<model>.json``, ``.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmpf.bench.agreement import image_agreement
+from cmpf.bench.parity import capture_graph_inputs, format_table, graph_parity
+from cmpf.io import write_json, write_text
+from cmpf.manifest import Manifest
+from cmpf.predictor import ModelSource, load_predictor, options_with
+from cmpf.preprocess import load_image
+from cmpf.vocabulary import load_vocabulary
+from cmpf.bench.environment import environment as machine
+
+RESULTS = Path(__file__).parent / "results"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+GOALS_S = {"fp32": 8.0, "bf16": 5.0, "fp16": 5.0, "int8": 3.5}  # issue 18, best backend per precision
+AGREEMENT_GOAL = {"fp16": 0.99, "bf16": 0.99, "int8": 0.97}
+
+
+class Timed:
+    """A runner that logs the wall time of each call."""
+
+    def __init__(self, runner, log: list):
+        self.runner, self.log, self.graph, self.backend = runner, log, runner.graph, runner.backend
+
+    def __call__(self, inputs):
+        start = time.perf_counter()
+        out = self.runner(inputs)
+        self.log.append((self.graph.name, time.perf_counter() - start))
+        return out
+
+    def close(self):
+        self.runner.close()
+
+
+def export_golden(directory: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "parity"))
+    import golden  # the rule that rebuilds the golden weights (tests/parity/golden.py)
+
+    from cmpf.export.api import ExportConfig, export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "frozenseg_variantB.pth"
+        torch.save({"model": golden.golden_state_dict()}, ckpt)
+        export_model(ExportConfig("frozenseg-convnext-large", str(directory), checkpoint=str(ckpt)))
+
+
+def calibration_images(image: Path, n: int, out: Path) -> Path:
+    """``n`` crops / flips of ``image`` (at least 3/4 of each side), as the calibration set."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    source = Image.open(image).convert("RGB")
+    w, h = source.size
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cw, ch = int(w * rng.uniform(0.75, 1)), int(h * rng.uniform(0.75, 1))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = source.crop((x, y, x + cw, y + ch))
+        (crop.transpose(Image.FLIP_LEFT_RIGHT) if i % 2 else crop).save(out / f"calib{i:02d}.png")
+    return out
+
+
+def measure(artifacts: str, combo: str, image, vocabulary, repeats: int) -> tuple[dict, object, object]:
+    backend, precision = combo.split(":")
+    predictor = load_predictor(ModelSource(artifacts=artifacts, precision=precision), backend)
+    options = options_with(predictor.options, resize=False)
+    log: list = []
+    predictor.runners = {g: Timed(r, log) for g, r in predictor.runners.items()}
+    predictor.segment([image], vocabulary, options)  # warm-up; encodes and caches the text
+    times, per_graph = [], {}
+    for _ in range(repeats):
+        log.clear()
+        start = time.perf_counter()
+        seg = predictor.segment([image], vocabulary, options).segmentations[0]
+        times.append(time.perf_counter() - start)
+        for graph, seconds in log:
+            per_graph.setdefault(graph, []).append(seconds)
+    row = {"backend": backend, "precision": precision, "p50_s": statistics.median(times),
+           "p90_s": float(np.percentile(times, 90)), "mean_s": statistics.fmean(times), "min_s": min(times),
+           "graphs_median_s": {g: statistics.median(v) for g, v in per_graph.items()}}
+    return row, predictor, seg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--golden", action="store_true", help="export the golden weights into --artifacts first")
+    p.add_argument("--image", default=str(REFERENCE / "golden" / "input_image.png"))
+    p.add_argument("--vocab", default=str(REFERENCE / "vocabularies" / "ade20k_150_with_prompt_eng.txt"))
+    p.add_argument("--calib", type=int, default=8, help="calibration images to make if int8 files are missing")
+    graphs = "text_encoder,clip_image_encoder,sam_image_encoder,decoder,mask_classifier"  # the SAM masks graph
+    # runs only with --sam-ensemble
+    p.add_argument("--int8-plan", default=",".join(f"{g}=int8" for g in graphs.split(",")),
+                   help="--precision of cmpf quantize for the int8 files")
+    p.add_argument("--fp16-plan", default=",".join(f"{g}=fp16" for g in graphs.split(",")))
+    p.add_argument("--combos", default="onnxruntime:fp32,openvino:fp32,openvino:bf16,onnxruntime:int8,openvino:int8")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    directory = Path(args.artifacts)
+    if args.golden and not (directory / "manifest.json").is_file():
+        export_golden(directory)
+    combos = args.combos.split(",")
+    manifest = Manifest.read(directory)
+    plans = {"int8": args.int8_plan, "fp16": args.fp16_plan}
+    for precision in sorted({c.split(":")[1] for c in combos} & set(plans)):
+        if precision in manifest.precisions("decoder", "onnx"):
+            continue
+        from cmpf.precision.api import QuantizeConfig, quantize_artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            calib = calibration_images(Path(args.image), args.calib, Path(tmp) / "calib")
+            start = time.perf_counter()
+            quantize_artifacts(QuantizeConfig(str(directory), plans[precision], calib_images=str(calib)))
+            print(f"quantized {precision} in {time.perf_counter() - start:.0f} s", flush=True)
+    image = load_image(args.image)
+    vocabulary = load_vocabulary(args.vocab, things="ade20k-150")
+    rows, reference = [], None
+    for combo in combos:
+        row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats)
+        if reference is None:  # the first combination is the reference (onnxruntime:fp32)
+            reference = (predictor, seg, capture_graph_inputs(
+                predictor.runners, [image], vocabulary, predictor.cfg, options_with(predictor.options, resize=False)))
+        ref_pred, ref_seg, inputs = reference
+        tensors = graph_parity(ref_pred.runners, predictor.runners, inputs, row["precision"])
+        agreement = image_agreement(Path(args.image).name, ref_seg, seg, vocabulary)
+        row.update(ratio_to_first=row["p50_s"] / rows[0]["p50_s"] if rows else 1.0,
+                   semantic_agreement=agreement.semantic, pq_vs_fp32=agreement.pq,
+                   worst_rel_error={g: max(r.rel_error for r in tensors if r.graph == g) for g in inputs},
+                   goal_s=GOALS_S.get(row["precision"]), agreement_goal=AGREEMENT_GOAL.get(row["precision"]))
+        rows.append(row)
+        print(f"{combo}: p50 {row['p50_s']:.2f} s, semantic agreement {agreement.semantic:.4f}", flush=True)
+    report = {"schema": "cmpf.cpu_precision/1", "model": ref_pred.cfg.name, "image": Path(args.image).name,
+              "input": f"{image.shape[1]}x{image.shape[2]}, no resize", "vocabulary": Path(args.vocab).name,
+              "int8_plan": args.int8_plan, "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows, "machine": machine()}
+    stem = RESULTS / f"cpu_precision_{report['model']}"
+    write_json(stem.with_suffix(".json"), report)
+    write_text(stem.with_suffix(".md"), markdown(report))
+    plot(report, stem.with_suffix(".png"))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    graphs = sorted({g for r in report["rows"] for g in r["graphs_median_s"]})
+    header = ["backend", "precision", "p50 s", "p90 s", "min s", "× first", "goal s", "sem agree", "PQ vs fp32",
+              *[f"{g} s" for g in graphs]]
+    table = format_table(header, [[r["backend"], r["precision"], f"{r['p50_s']:.2f}", f"{r['p90_s']:.2f}",
+                                   f"{r['min_s']:.2f}", f"{r['ratio_to_first']:.2f}", r["goal_s"] or "-",
+                                   f"{r['semantic_agreement']:.4f}", f"{r['pq_vs_fp32']:.1f}",
+                                   *[f"{r['graphs_median_s'].get(g, float('nan')):.2f}" for g in graphs]]
+                                  for r in report["rows"]])
+    m = report["machine"]
+    return (f"# {report['model']}: end to end on CPU, per backend × precision\n\n{report['image']} "
+            f"({report['input']}), {report['vocabulary']}, text cached, {report['repeats']} timed calls after a "
+            f"warm-up. int8 files: `cmpf quantize --precision {report['int8_plan']}`. Machine: {m['cpu']}, "
+            f"{m['logical_cores']} logical cores, load average at start {m['load_average_1_5_15min'][0]:.2f}.\n\n"
+            f"{table}\n")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    labels = [f"{r['backend']}\n{r['precision']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    ax.bar(labels, [r["p50_s"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        if r["goal_s"]:
+            ax.hlines(r["goal_s"], i - 0.4, i + 0.4, colors="tab:red", linestyles="--")
+        ax.text(i, r["p50_s"], f"{r['p50_s']:.1f}s\nsem {r['semantic_agreement']:.3f}", ha="center", va="bottom",
+                fontsize=8)
+    ax.set_ylabel("seconds per image (p50)")
+    ax.set_title(f"{report['model']}, {report['input']} (red: goal)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""``cmpf quantize``: fp16 casts and int8 Q/DQ graphs of the tiny export, on ONNX Runtime.
+
+One quantised copy of the session's tiny export per precision (module fixtures); each test reads
+the files and the manifest, or runs them, and compares with the fp32 files on inputs captured from
+the real pipeline, against the tolerance table's rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import exported
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _vocabulary():
+    from cmpf.vocabulary import parse_class_list
+
+    return parse_class_list(exported.CLASSES)
+
+
+GRAPHS = ("text_encoder", "clip_image_encoder", "sam_image_encoder", "decoder", "mask_classifier")
+
+
+def _images(directory: Path, n: int, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = rng.integers(48, 97, size=2)
+        base = rng.integers(0, 256, size=(1, 1, 3))
+        noise = rng.integers(-40, 40, size=(h, w, 3))
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(directory / f"im{i}.png")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    """Crops and flips of the sample image the parity test segments: calibration like the deployment."""
+    from PIL import Image
+
+    from cmpf.precision.api import SAMPLE_IMAGE
+
+    out = tmp_path_factory.mktemp("calib")
+    source = Image.open(SAMPLE_IMAGE).convert("RGB")
+    w, h = source.size
+    for i, (x, y) in enumerate([(0, 0), (w // 5, 0), (0, h // 5), (w // 5, h // 5)]):
+        crop = source.crop((x, y, x + 4 * w // 5, y + 4 * h // 5))
+        (crop.transpose(Image.FLIP_LEFT_RIGHT) if i % 2 else crop).save(out / f"calib{i}.png")
+    return out
+
+
+def _quantized(tmp_path_factory, precision: str, calib: Path | None) -> Path:
+    from cmpf.precision.api import QuantizeConfig, quantize_artifacts
+
+    directory = exported.copy_of(exported.tiny_export(("onnx",)), tmp_path_factory.mktemp(precision.replace("=", "_")))
+    quantize_artifacts(QuantizeConfig(str(directory), precision, calib_images=str(calib) if calib else None,
+                                      vocabulary=_vocabulary()), progress=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fp16_dir(tmp_path_factory):
+    return _quantized(tmp_path_factory, "fp16", None)
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory, calib):
+    return _quantized(tmp_path_factory, ",".join(f"{g}=int8" for g in GRAPHS), calib)
+
+
+def _types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
+def test_fp16_graph_has_casts_half_weights_and_fp32_keep_list(fp16_dir):
+    from cmpf.manifest import Manifest
+    from cmpf.precision.fp16 import keep_ops
+
+    manifest = Manifest.read(fp16_dir)
+    for graph in manifest.graphs:
+        artifact = manifest.artifact(graph, "onnx", "fp16")
+        model = onnx.load(str(artifact.path))
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("Cast") > 0, graph
+        halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert len(halves) > 0, graph
+        types = _types(model)
+        kept = [n for n in model.graph.node if n.op_type in keep_ops(graph)]
+        assert kept, graph
+        for node in kept:  # the keep-list's ops compute in fp32 (or their integer type), never fp16
+            assert all(types.get(o) != onnx.TensorProto.FLOAT16 for o in node.output), (graph, node.name)
+            assert any(types.get(o) == onnx.TensorProto.FLOAT for o in node.output) or node.op_type.startswith(
+                "Reduce"), (graph, node.name)
+        # the interface is the spec's: fp32 in, fp32 out
+        assert all(i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for i in model.graph.input)
+        assert artifact.recipe["keep_fp32_ops"] == list(keep_ops(graph))
+        assert artifact.recipe["source_sha256"] == manifest.files[f"{graph}.fp32.onnx"]
+
+
+def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_dir):
+    from cmpf.manifest import Manifest
+    from cmpf.precision.qdq import output_heads, qdq_facts
+
+    manifest = Manifest.read(int8_dir)
+    for graph in GRAPHS:
+        artifact = manifest.artifact(graph, "onnx", "int8")
+        model = onnx.load(str(artifact.path))
+        facts = qdq_facts(model)
+        assert facts["quantize_linear"] > 0 and facts["dequantize_linear"] >= facts["quantize_linear"], graph
+        assert facts["nonzero_zero_points"] == 0, graph
+        assert facts["per_channel_scales"] > 0, graph
+        inits = {i.name for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+                assert node.input[2] in inits  # constant zero points (checked 0 above)
+        fp32 = onnx.load(str(manifest.artifact(graph, "onnx").path))
+        heads = set(output_heads(fp32))
+        assert heads and heads <= set(artifact.recipe["excluded_nodes"]), graph
+        assert artifact.recipe["calibration"]["images"] == 4
+        assert len(artifact.recipe["calibration"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_graphs_within_their_tolerance_rows(precision, fp16_dir, int8_dir):
+    """Each graph's outputs on the pipeline's own inputs, fp32 file vs reduced file, both on ONNX Runtime.
+
+    The image is 256×320, run without resize: no padding. In a padded border column, the CLIP features
+    come from LayerNorms of near-constant vectors, which amplify fp16 rounding (res5 9e-2 there).
+    """
+    from cmpf.bench.parity import capture_graph_inputs, graph_parity
+    from cmpf.predictor import ModelSource, load_predictor
+    from cmpf.preprocess import load_image
+    from cmpf.precision.api import SAMPLE_IMAGE
+
+    directory = fp16_dir if precision == "fp16" else int8_dir
+    fp32 = load_predictor(ModelSource(artifacts=str(directory)), "onnxruntime")
+    low = load_predictor(ModelSource(artifacts=str(directory), precision=precision), "onnxruntime")
+    vocabulary = _vocabulary()
+    image = torch.nn.functional.interpolate(load_image(SAMPLE_IMAGE)[None].float(), size=(256, 320))[0].byte()
+    options = dataclasses.replace(fp32.options, resize=False)
+    inputs = capture_graph_inputs(fp32.runners, [image], vocabulary, fp32.cfg, options)
+    rows = graph_parity(fp32.runners, {g: low.runners[g] for g in inputs}, inputs, precision)
+    assert rows and all(r.ok for r in rows), [(r.graph, r.output, r.rel_error, r.tolerance) for r in rows if not r.ok]
+    assert max(r.rel_error for r in rows) > 0  # they did run the reduced files
+
+
+def test_run_cli_with_precision_and_mixed_plan(int8_dir, fp16_dir, tmp_path):
+    from cmpf.cli import main
+    from cmpf.precision.api import SAMPLE_IMAGE
+    from cmpf.manifest import Manifest
+
+    out = tmp_path / "out"
+    assert main(["run", "--artifacts", str(int8_dir), "--precision", "decoder=int8", str(SAMPLE_IMAGE),
+                 "--classes", exported.CLASSES,
+                 "--out", str(out)]) == 0
+    assert any(out.iterdir())
+    plan = Manifest.read(int8_dir).runtime_plan("onnx", "int8")
+    assert plan["sam_mask_decoder"] == "fp32" and plan["decoder"] == "int8"  # int8 where it exists
+    assert main(["run", "--artifacts", str(fp16_dir), "--precision", "int8", str(SAMPLE_IMAGE), "--classes", exported.CLASSES,
+                 "--out", str(tmp_path / "o2")]) == 2  # no graph has int8 files there
+
+
+def _listing(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name == "manifest.json"} | {
+        "names": "\n".join(sorted(p.name for p in directory.iterdir())).encode()}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int4"], "unknown precision 'int4'"),
+    (["--precision", "bf16"], "bf16 runs as OpenVINO's inference precision"),
+    (["--precision", "decoder=fp8"], "fp8: ONNX Runtime 1.30's quantiser writes fp8 graphs its CPU provider cannot"),
+    (["--precision", "fp32"], "nothing to do"),
+    (["--precision", "int8"], "int8 needs calibration images"),
+    (["--precision", "decoder=int8", "--calib-images", "{empty}"], "0 image.s.*at least 4"),
+    (["--precision", "decoder=int8", "--calib-images", "{few}"], "2 image.s.*at least 4"),
+    (["--precision", "decoder=int8", "--calib-images", "{broken}"], "im9.png"),
+    (["--precision", "nosuch=int8"], "no graph 'nosuch'"),
+    (["--precision", "decoder=int8", "--calib-images", "{few}", "--calib-method", "mse"], "invalid choice"),
+])
+def test_bad_input_one_line_nothing_written(args, message, tmp_path, capsys, calib):
+    from cmpf.cli import main
+
+    directory = exported.copy_of(exported.tiny_export(("onnx",)), tmp_path)
+    (tmp_path / "empty").mkdir()
+    _images(tmp_path / "few", 2)
+    broken = _images(tmp_path / "broken", 4)
+    (broken / "im9.png").write_bytes(b"\x89PNG not really")
+    args = [a.format(empty=tmp_path / "empty", few=tmp_path / "few", broken=broken) for a in args]
+    before = _listing(directory)
+    try:
+        rc = main(["quantize", "--artifacts", str(directory), "--classes", exported.CLASSES, *args])
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message and __import__("re").search(message, err), err
+    assert "Traceback" not in err
+    assert _listing(directory) == before
