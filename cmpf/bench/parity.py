@@ -17,26 +17,11 @@ import torch
 from cmpf.config import InferenceOptions, ModelConfig
 from cmpf.pipeline import PipelineResult, segment
 from cmpf.runtime.base import Runner
+from cmpf.runtime.recording import RecordingRunner
 from cmpf.tolerances import cosine_similarity, mask_iou, max_abs_error, rel_error, rel_tolerance
 from cmpf.vocabulary import Vocabulary
 
 MASK_OUTPUTS = ("pred_masks",)
-
-
-class RecordingRunner:
-    """Wraps a runner and keeps the inputs of its first call."""
-
-    def __init__(self, runner: Runner):
-        self.runner, self.backend, self.graph = runner, runner.backend, runner.graph
-        self.inputs: dict[str, torch.Tensor] | None = None
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.inputs is None:
-            self.inputs = {k: v.detach().clone() for k, v in inputs.items()}
-        return self.runner(inputs)
-
-    def close(self) -> None:
-        self.runner.close()
 
 
 def record_pipeline(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
