@@ -26,7 +26,7 @@ import torch
 
 from cmpf.bench.parity import capture_graph_inputs, format_table, graph_parity
 from cmpf.bench.stages import time_graphs
-from cmpf.demo import DEMO_CLASSES, SAMPLE_IMAGE
+from cmpf.sample import SAMPLE_CLASSES as DEMO_CLASSES, SAMPLE_IMAGE
 from cmpf.export.aoti import export_aoti
 from cmpf.model.graphs import graph_module, model_specs
 from cmpf.export.manifest import producer_versions

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cmpf.bench.parity_run import ParityConfig, run_parity
-from cmpf.bench.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
+from cmpf.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
 from cmpf.export.api import ExportConfig, export_model
 from cmpf.io import write_json, write_text
 from cmpf.model import build_model

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from cmpf.bench.parity import capture_graph_inputs, format_table
-from cmpf.precision.api import SAMPLE_IMAGE
+from cmpf.sample import SAMPLE_IMAGE
 from cmpf.io import write_json, write_text
 from cmpf.precision.fp16 import CANDIDATE_KEEP_LISTS, to_fp16
 from cmpf.predictor import ModelSource, load_predictor, options_with

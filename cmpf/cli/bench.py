@@ -61,7 +61,7 @@ def inputs(args, predictor):
 
 def request(args):
     """(image, vocabulary, inference-option overrides) of ``add_inputs``' flags."""
-    from cmpf.bench.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
     from cmpf.preprocess import load_image
     from cmpf.vocabulary import load_vocabulary
 

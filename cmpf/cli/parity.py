@@ -38,7 +38,7 @@ def add(sub) -> None:
 
 def main(args) -> int:
     from cmpf.bench.parity_run import ParityConfig, run_parity
-    from cmpf.bench.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
     from cmpf.io import write_json, write_text
     from cmpf.vocabulary import load_vocabulary
 

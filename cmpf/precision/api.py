@@ -24,6 +24,7 @@ from cmpf.errors import InputError, require
 from cmpf.io import Staging, sha256_file
 from cmpf.manifest import MANIFEST_NAME, GraphFile, Manifest, parse_precision, variant_key
 from cmpf.precision import fp16, qdq
+from cmpf.sample import SAMPLE_IMAGE
 from cmpf.precision.calibration import MIN_IMAGES, CalibrationSet, calibration_set, capture_feeds
 from cmpf.tolerances import rel_error
 from cmpf.vocabulary import Vocabulary
@@ -39,7 +40,6 @@ NOT_OFFERED = {"fp8": "ONNX Runtime 1.30's quantiser writes fp8 graphs its CPU p
 # ORT_ENABLE_LAYOUT (every level below it) runs it. Recorded per file, read by the onnxruntime runner.
 ORT_OPTIMIZATION = {"fp16": "layout"}
 CALIBRATED = ("int8",)
-SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "sample.png"
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def quantize_artifacts(cfg: QuantizeConfig, progress: bool = True) -> Path:
     if calibrated or cfg.calib_images:
         images = calibration_set(cfg.calib_images, cfg.calib_limit, cfg.calib_min)
     else:  # fp16 needs no calibration: its check runs on the bundled sample image
-        images = CalibrationSet((SAMPLE_IMAGE,), sha256_file(SAMPLE_IMAGE))
+        sample = Path(str(SAMPLE_IMAGE))
+        images = CalibrationSet((sample,), sha256_file(sample))
     feeds = _capture(manifest, images, set(targets), cfg, progress)
 
     added, hashes = {}, {}

@@ -62,7 +62,7 @@ def test_cmpf_run_aoti_equals_onnxruntime(tmp_path):
     import numpy as np
 
     from cmpf.cli import main
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     directory = exported.tiny_export(("onnx", "aoti"))
     for backend in ("aoti", "onnxruntime"):

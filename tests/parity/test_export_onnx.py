@@ -56,7 +56,7 @@ def test_graph_parity(runners, graph, sizes):
 def test_pipeline_inputs_parity(runners):
     """Real inputs (the sample image through the pipeline) for every graph, via `cmpf.bench.parity`."""
     from cmpf.bench.parity import capture_graph_inputs, graph_parity
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
     from cmpf.config import InferenceOptions
     from cmpf.manifest import Manifest
     from cmpf.preprocess import load_image
@@ -118,7 +118,7 @@ def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
 def test_cmpf_run_artifacts_equals_eager(artifacts, tmp_path):
     """`cmpf run --artifacts` (ONNX Runtime) vs `cmpf run --model tiny --checkpoint` on the same weights."""
     from cmpf.cli import main
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     common = [str(SAMPLE_IMAGE), "--classes", exported.CLASSES, "--things", "cat;dog"]
     assert main(["run", *common, "--artifacts", str(artifacts), "--out", str(tmp_path / "ort"),

@@ -32,7 +32,7 @@ def predictors():
 
 @pytest.fixture(scope="module")
 def image():
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
     from cmpf.preprocess import load_image
 
     return load_image(SAMPLE_IMAGE)
@@ -83,7 +83,7 @@ def test_precomputed_masks_through_the_cli(predictors, image, tmp_path, capsys):
 
 def test_sam_ensemble_needs_sam(tmp_path, capsys):
     from cmpf.cli import main
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     code = main(["run", str(SAMPLE_IMAGE), "--model", "tiny-fcclip", "--classes", "a;b", "--sam-ensemble",
                  "--out", str(tmp_path / "o")])

@@ -48,7 +48,7 @@ def calib(tmp_path_factory) -> Path:
     """Crops and flips of the sample image the parity test segments: calibration like the deployment."""
     from PIL import Image
 
-    from cmpf.precision.api import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     out = tmp_path_factory.mktemp("calib")
     source = Image.open(SAMPLE_IMAGE).convert("RGB")
@@ -142,7 +142,7 @@ def test_reduced_graphs_within_their_tolerance_rows(precision, fp16_dir, int8_di
     from cmpf.bench.parity import capture_graph_inputs, graph_parity
     from cmpf.predictor import ModelSource, load_predictor
     from cmpf.preprocess import load_image
-    from cmpf.precision.api import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     directory = fp16_dir if precision == "fp16" else int8_dir
     fp32 = load_predictor(ModelSource(artifacts=str(directory)), "onnxruntime")
@@ -158,7 +158,7 @@ def test_reduced_graphs_within_their_tolerance_rows(precision, fp16_dir, int8_di
 
 def test_run_cli_with_precision_and_mixed_plan(int8_dir, fp16_dir, tmp_path):
     from cmpf.cli import main
-    from cmpf.precision.api import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
     from cmpf.manifest import Manifest
 
     out = tmp_path / "out"

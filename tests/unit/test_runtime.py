@@ -188,7 +188,7 @@ def test_model_config_round_trip(preset):
 
 def test_cli_reports_artifact_errors_in_one_line(tmp_path, capsys):
     from cmpf.cli import main
-    from cmpf.demo import SAMPLE_IMAGE
+    from cmpf.sample import SAMPLE_IMAGE
 
     code = main(["run", str(SAMPLE_IMAGE), "--classes", "cat", "--artifacts", str(tmp_path), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()

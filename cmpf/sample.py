@@ -1,4 +1,4 @@
-"""The default input of ``cmpf bench`` and ``cmpf parity``: the bundled sample image and the classes it shows."""
+"""The bundled sample image and the classes it shows: the default input of bench, parity, quantize checks and tests."""
 
 from __future__ import annotations
 
