@@ -28,6 +28,7 @@ import torch
 
 from cmpf.bench.agreement import image_agreement
 from cmpf.bench.parity import capture_graph_inputs, format_table, graph_parity
+from cmpf.errors import CmpfError
 from cmpf.io import write_json, write_text
 from cmpf.manifest import Manifest
 from cmpf.predictor import ModelSource, load_predictor, options_with
@@ -127,6 +128,7 @@ def main() -> None:
         export_golden(directory)
     combos = args.combos.split(",")
     manifest = Manifest.read(directory)
+    vocabulary = load_vocabulary(args.vocab, things="ade20k-150")
     plans = {"int8": args.int8_plan, "fp16": args.fp16_plan}
     for precision in sorted({c.split(":")[1] for c in combos} & set(plans)):
         if precision in manifest.precisions("decoder", "onnx"):
@@ -136,13 +138,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             calib = calibration_images(Path(args.image), args.calib, Path(tmp) / "calib")
             start = time.perf_counter()
-            quantize_artifacts(QuantizeConfig(str(directory), plans[precision], calib_images=str(calib)))
+            quantize_artifacts(QuantizeConfig(str(directory), plans[precision], calib_images=str(calib),
+                                              vocabulary=vocabulary))
             print(f"quantized {precision} in {time.perf_counter() - start:.0f} s", flush=True)
     image = load_image(args.image)
-    vocabulary = load_vocabulary(args.vocab, things="ade20k-150")
     rows, reference = [], None
+    skipped = {}
     for combo in combos:
-        row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats)
+        try:
+            row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats)
+        except CmpfError as e:  # e.g. bf16 on a CPU without bf16 kernels
+            skipped[combo] = str(e)
+            print(f"{combo}: skipped: {e}", flush=True)
+            continue
         if reference is None:  # the first combination is the reference (onnxruntime:fp32)
             reference = (predictor, seg, capture_graph_inputs(
                 predictor.runners, [image], vocabulary, predictor.cfg, options_with(predictor.options, resize=False)))
@@ -157,7 +165,8 @@ def main() -> None:
         print(f"{combo}: p50 {row['p50_s']:.2f} s, semantic agreement {agreement.semantic:.4f}", flush=True)
     report = {"schema": "cmpf.cpu_precision/1", "model": ref_pred.cfg.name, "image": Path(args.image).name,
               "input": f"{image.shape[1]}x{image.shape[2]}, no resize", "vocabulary": Path(args.vocab).name,
-              "int8_plan": args.int8_plan, "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows, "machine": machine()}
+              "int8_plan": args.int8_plan, "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows,
+              "skipped": skipped, "machine": machine()}
     stem = RESULTS / f"cpu_precision_{report['model']}"
     write_json(stem.with_suffix(".json"), report)
     write_text(stem.with_suffix(".md"), markdown(report))
@@ -179,7 +188,7 @@ def markdown(report: dict) -> str:
             f"({report['input']}), {report['vocabulary']}, text cached, {report['repeats']} timed calls after a "
             f"warm-up. int8 files: `cmpf quantize --precision {report['int8_plan']}`. Machine: {m['cpu']}, "
             f"{m['logical_cores']} logical cores, load average at start {m['load_average_1_5_15min'][0]:.2f}.\n\n"
-            f"{table}\n")
+            f"{table}\n" + "".join(f"\nSkipped {c}: {why}\n" for c, why in report.get("skipped", {}).items()))
 
 
 def plot(report: dict, path: Path) -> None:
