@@ -35,27 +35,12 @@ from cmpf.predictor import ModelSource, load_predictor, options_with
 from cmpf.preprocess import load_image
 from cmpf.vocabulary import load_vocabulary
 from cmpf.bench.environment import environment as machine
+from reference_cpu import Timed  # a sibling script of this directory
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 GOALS_S = {"fp32": 8.0, "bf16": 5.0, "fp16": 5.0, "int8": 3.5}  # issue 18, best backend per precision
 AGREEMENT_GOAL = {"fp16": 0.99, "bf16": 0.99, "int8": 0.97}
-
-
-class Timed:
-    """A runner that logs the wall time of each call."""
-
-    def __init__(self, runner, log: list):
-        self.runner, self.log, self.graph, self.backend = runner, log, runner.graph, runner.backend
-
-    def __call__(self, inputs):
-        start = time.perf_counter()
-        out = self.runner(inputs)
-        self.log.append((self.graph.name, time.perf_counter() - start))
-        return out
-
-    def close(self):
-        self.runner.close()
 
 
 def export_golden(directory: Path) -> None:

@@ -153,6 +153,20 @@ def profile_ranges(engine, names) -> str:
     return "; ".join(ranges)
 
 
+def checked_recipe(artifact: Artifact, device: torch.device, trt_version: str, files: str,
+                   product: str) -> "EngineRecipe":
+    """The recipe of an engine-bearing file, after refusing a non-CUDA device, a machine without a GPU, and
+    a file built by another TensorRT version or for another GPU (``check_engine``; lesser mismatches warn)."""
+    if device.type != "cuda":
+        raise InputError(f"{artifact.path}: {files} run on CUDA devices, not {device}; use --device cuda")
+    if not torch.cuda.is_available():
+        raise EnvironmentProblem(f"{artifact.path}: {product} needs a CUDA GPU and torch sees none")
+    recipe = EngineRecipe.from_json(artifact.recipe, artifact.path)
+    for message in check_engine(recipe, device_facts(trt_version, device), artifact.path):
+        warnings.warn(message, stacklevel=3)
+    return recipe
+
+
 class TensorRTRunner:
     backend = "tensorrt"
 
@@ -166,13 +180,7 @@ class TensorRTRunner:
         import tensorrt as trt  # noqa: PLC0415 (optional dependency: cmpf[trt])
 
         device = torch.device(device)
-        if device.type != "cuda":
-            raise InputError(f"{artifact.path}: TensorRT engines run on CUDA devices, not {device}; use --device cuda")
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem(f"{artifact.path}: TensorRT needs a CUDA GPU and torch sees none")
-        recipe = EngineRecipe.from_json(artifact.recipe, artifact.path)
-        for message in check_engine(recipe, device_facts(trt.__version__, device), artifact.path):
-            warnings.warn(message, stacklevel=2)
+        recipe = checked_recipe(artifact, device, trt.__version__, "TensorRT engines", "TensorRT")
         with torch.cuda.device(device):
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             engine = self._runtime.deserialize_cuda_engine(Path(artifact.path).read_bytes())

@@ -9,15 +9,13 @@ so it happens when a runner is made.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from cmpf.errors import EnvironmentProblem, InputError
 from cmpf.manifest import Artifact, ArtifactError
-from cmpf.runtime.tensorrt_runner import EngineRecipe, check_engine, device_facts
+from cmpf.runtime.tensorrt_runner import checked_recipe
 from cmpf.spec import GraphSpec, check_inputs
 
 
@@ -29,13 +27,7 @@ class TorchTensorRTRunner:
         import torch_tensorrt  # noqa: F401 (registers the TensorRT engine class TorchScript loads)
 
         device = torch.device(device)
-        if device.type != "cuda":
-            raise InputError(f"{artifact.path}: Torch-TensorRT programs run on CUDA devices, not {device}")
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem(f"{artifact.path}: Torch-TensorRT needs a CUDA GPU and torch sees none")
-        recipe = EngineRecipe.from_json(artifact.recipe, artifact.path)
-        for message in check_engine(recipe, device_facts(tensorrt.__version__, device), artifact.path):
-            warnings.warn(message, stacklevel=2)
+        recipe = checked_recipe(artifact, device, tensorrt.__version__, "Torch-TensorRT programs", "Torch-TensorRT")
         module = torch.jit.load(str(artifact.path), map_location=device)
         self._setup(module.eval(), artifact.graph, device, artifact.path, recipe.command)
 
