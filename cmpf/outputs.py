@@ -1,14 +1,28 @@
-"""Writing results: semantic PNG + colour overlay, COCO panoptic PNG + JSON, COCO instance results.
+"""Result files that other tools read: label and colour PNGs, overlays, COCO panoptic and COCO results.
 
-Every file is written atomically (a temp file in the same directory, then ``os.replace``), so an
-interrupted run never leaves a half-written file behind; ``cmpf run`` writes them through a
-``cmpf.io.Staging`` so that a failed run leaves no result at all. ``check_outputs`` refuses an
+Layout of one run's ``--out`` (``<stem>`` is the input file's name without its suffix):
+
+    semantic/<stem>.png   palette PNG: pixel = class index in vocabulary order (0 … K-1), palette = the
+                          class colours (a 16-bit grey PNG above 256 classes); `cmpf metrics semantic`
+                          reads the folder (file stems as the ground truth's)
+    color/<stem>.png      RGB: the same map in the class colours
+    overlay/<stem>.png    the image with every panoptic segment tinted, outlined and named, and a legend
+    panoptic/<stem>.png   COCO panoptic PNG (segment id = R + 256 G + 256² B, 0 = void)
+    panoptic.json         COCO panoptic predictions: images, annotations (segments_info: id, category_id,
+                          iscrowd, isthing, area, bbox), categories (id, name, isthing, color)
+    instances.json        COCO results: image_id, category_id, segmentation (RLE), bbox, area, score
+
+Category ids (and colours) are the run's ``Categories`` (the vocabulary file's ``id:``, a dataset's,
+else 1 … K and ``cmpf.visualize.palette``); image ids are the caller's (a dataset's numeric ids
+where one is given). Every file is written atomically (``cmpf.io``); ``cmpf run`` writes them
+through a ``Staging`` so that a failed run leaves no result at all. ``check_outputs`` refuses an
 unusable ``--out`` before anything is computed.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,13 +30,50 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cmpf.codecs import encode_rle, id2rgb
+from cmpf.codecs import encode_rles, id2rgb, mask_bbox
 from cmpf.errors import InputError
 from cmpf.io import atomic_write, check_output_dir, check_output_file, write_json
 from cmpf.postprocess import Segmentation
+from cmpf.visualize import color_map, overlay, palette
+from cmpf.vocabulary import Vocabulary
+
+FOLDERS = ("semantic", "color", "overlay", "panoptic")  # one <stem>.png per image in each
+RUN_FILES = ("panoptic.json", "instances.json")
 
 
-RESULT_SUFFIXES = ("_semantic.png", "_overlay.png", "_panoptic.png", "_panoptic.json", "_instances.json")
+@dataclass(frozen=True)
+class Categories:
+    """Per class index (vocabulary order): the category id written to the files, its name, thing flag."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+    is_thing: tuple[bool, ...]
+    colors: Optional[tuple[tuple[int, int, int], ...]] = None  # a dataset's (panopticapi's "color"), else palette()
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.names) == len(self.is_thing):
+            raise InputError(f"{len(self.ids)} category ids for {len(self.names)} classes; give one id per class")
+        if self.colors is not None and len(self.colors) != len(self.ids):
+            raise InputError(f"{len(self.colors)} category colours for {len(self.ids)} classes; give one per class")
+        twice = sorted(i for i, n in Counter(self.ids).items() if n > 1)
+        if twice:
+            raise InputError(f"category id {twice[0]} belongs to two classes; give every class its own id")
+
+    @staticmethod
+    def of(vocabulary: Vocabulary, ids: Optional[Sequence[int]] = None,
+           colors: Optional[Sequence[Sequence[int]]] = None) -> "Categories":
+        """The vocabulary's classes with ``ids`` (default 1 … K, COCO's convention) and ``colors``."""
+        ids = tuple(int(i) for i in ids) if ids is not None else tuple(range(1, len(vocabulary) + 1))
+        colors = tuple(tuple(int(v) for v in c) for c in colors) if colors is not None else None
+        return Categories(ids, tuple(vocabulary.names), tuple(vocabulary.is_thing), colors)  # type: ignore[arg-type]
+
+    def palette(self) -> np.ndarray:
+        """(K, 3) uint8: the class colours of every picture and palette PNG."""
+        return np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3) if self.colors else palette(len(self.ids))
+
+    def to_coco(self) -> list[dict]:
+        return [{"id": i, "name": n, "isthing": int(t), "color": c}
+                for i, n, t, c in zip(self.ids, self.names, self.is_thing, self.palette().tolist())]
 
 
 def check_outputs(out_dir: str | Path, images: Sequence[str], dump: Optional[str] = None) -> None:
@@ -33,50 +84,96 @@ def check_outputs(out_dir: str | Path, images: Sequence[str], dump: Optional[str
     if twice:
         raise InputError(f"images {', '.join(twice)} appear twice by name (their results would overwrite each "
                          f"other in --out {out_dir}); run them separately or rename them")
-    for stem in stems:
-        for suffix in RESULT_SUFFIXES:
-            if (out_dir / f"{stem}{suffix}").is_dir():
-                raise InputError(f"--out {out_dir}: {stem}{suffix} is a directory, in the way of a result file; "
-                                 f"remove it or choose another --out")
+    for folder in FOLDERS:
+        if (out_dir / folder).exists() and not (out_dir / folder).is_dir():
+            raise InputError(f"--out {out_dir}: {folder} is a file, in the way of the {folder}/ results; remove "
+                             f"it or choose another --out")
+        for stem in stems:
+            if (out_dir / folder / f"{stem}.png").is_dir():
+                raise InputError(f"--out {out_dir}: {folder}/{stem}.png is a directory, in the way of a result "
+                                 f"file; remove it or choose another --out")
+    for name in RUN_FILES:
+        if (out_dir / name).is_dir():
+            raise InputError(f"--out {out_dir}: {name} is a directory, in the way of a result file; remove it "
+                             f"or choose another --out")
     if dump is not None:
         check_output_file(dump, "--dump-tensors")
 
 
-def _write_png(path: Path, array: np.ndarray) -> Path:
-    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+def _write_png(path: Path, image: Image.Image | np.ndarray) -> Path:
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def palette(n: int) -> np.ndarray:
-    """Deterministic distinct colours (n, 3) uint8."""
-    rng = np.random.default_rng(12345)
-    return rng.integers(40, 256, size=(max(n, 1), 3), dtype=np.uint8)
+def label_png(labels: np.ndarray, colours: np.ndarray) -> Image.Image:
+    """(H, W) class indices → palette PNG image (indices as pixels), or 16-bit grey above 256 classes."""
+    if len(colours) > 256:
+        return Image.fromarray(labels.astype(np.uint16))
+    image = Image.fromarray(labels.astype(np.uint8))
+    image.putpalette(colours.reshape(-1).tolist())  # an "L" image becomes "P" with these colours
+    return image
 
 
-def write_segmentation(seg: Segmentation, image: torch.Tensor, out_dir: str | Path, stem: str,
-                       image_id: int | str = 0) -> dict[str, Path]:
-    """Write all result files of one image; ``image`` is the uint8 (3, H, W) input for the overlay."""
-    out_dir = Path(out_dir)
-    labels = seg.semantic_labels.cpu().numpy()
-    dtype = np.uint8 if len(seg.class_names) <= 256 else np.uint16
-    colours = palette(len(seg.class_names))
-    rgb = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    overlay = (0.5 * rgb + 0.5 * colours[labels]).astype(np.uint8)
-    panoptic = seg.panoptic.cpu().numpy().astype(np.int64)
-    files = {
-        "semantic": _write_png(out_dir / f"{stem}_semantic.png", labels.astype(dtype)),
-        "overlay": _write_png(out_dir / f"{stem}_overlay.png", overlay),
-        "panoptic_png": _write_png(out_dir / f"{stem}_panoptic.png", id2rgb(panoptic)),
-    }
-    segments = [{"id": s["id"], "category_id": s["category_id"], "iscrowd": 0, "isthing": s["isthing"],
-                 "area": s["area"], "category_name": seg.class_names[s["category_id"]]} for s in seg.segments]
-    files["panoptic_json"] = write_json(out_dir / f"{stem}_panoptic.json", {
-        "image_id": image_id, "file_name": f"{stem}_panoptic.png", "segments_info": segments})
-    masks = seg.instance_masks.cpu().numpy()
-    instances = [{"image_id": image_id, "category_id": int(c), "score": float(s), "segmentation": encode_rle(m),
-                  "category_name": seg.class_names[int(c)]}
-                 for s, c, m in zip(seg.instance_scores.tolist(), seg.instance_classes.tolist(), masks)]
-    files["instances"] = write_json(out_dir / f"{stem}_instances.json", instances)
-    return files
+def segment_masks(seg: Segmentation) -> tuple[torch.Tensor, list[int]]:
+    """The panoptic segments as (N, H, W) bool masks and their class indices."""
+    ids = [s["id"] for s in seg.segments]
+    panoptic = seg.panoptic.cpu()
+    masks = panoptic[None] == torch.tensor(ids, dtype=panoptic.dtype).view(-1, 1, 1)
+    return masks, [s["category_id"] for s in seg.segments]
+
+
+class ResultWriter:
+    """Writes one run's files under ``out_dir``: each image's PNGs in ``add``, the COCO JSONs in ``finish``."""
+
+    def __init__(self, out_dir: str | Path, categories: Categories):
+        self.out_dir, self.categories = Path(out_dir), categories
+        self.colours = categories.palette()
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+        self.results: list[dict] = []
+        self.files: list[Path] = []
+
+    def add(self, seg: Segmentation, image: torch.Tensor, stem: str, image_id: int | str,
+            file_name: Optional[str] = None) -> dict[str, Path]:
+        """Write the PNGs of one image (``image``: the uint8 (3, H, W) input) and keep its JSON records."""
+        labels = seg.semantic_labels.cpu().numpy()
+        masks, classes = segment_masks(seg)
+        picture = overlay(image, masks, classes, list(self.categories.names), self.colours)
+        files = {
+            "semantic": _write_png(self.out_dir / "semantic" / f"{stem}.png", label_png(labels, self.colours)),
+            "color": _write_png(self.out_dir / "color" / f"{stem}.png", color_map(labels, self.colours)),
+            "overlay": _write_png(self.out_dir / "overlay" / f"{stem}.png", picture),
+            "panoptic": _write_png(self.out_dir / "panoptic" / f"{stem}.png",
+                                   id2rgb(seg.panoptic.cpu().numpy().astype(np.int64))),
+        }
+        h, w = labels.shape
+        self.images.append({"id": image_id, "file_name": file_name or f"{stem}.png", "height": h, "width": w})
+        self.annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                                 "segments_info": self._segments(seg, masks.numpy())})
+        self.results += self._instances(seg, image_id)
+        self.files += files.values()
+        return files
+
+    def _segments(self, seg: Segmentation, masks: np.ndarray) -> list[dict]:
+        cats = self.categories
+        return [{"id": s["id"], "category_id": cats.ids[s["category_id"]], "iscrowd": 0, "isthing": int(s["isthing"]),
+                 "area": s["area"], "bbox": mask_bbox(m), "category_name": cats.names[s["category_id"]]}
+                for s, m in zip(seg.segments, masks)]
+
+    def _instances(self, seg: Segmentation, image_id: int | str) -> list[dict]:
+        cats = self.categories
+        masks = seg.instance_masks.cpu().numpy()
+        return [{"image_id": image_id, "category_id": cats.ids[c], "segmentation": rle, "bbox": mask_bbox(m),
+                 "area": int(m.sum()), "score": round(float(s), 6), "category_name": cats.names[c]}
+                for s, c, m, rle in zip(seg.instance_scores.tolist(), seg.instance_classes.tolist(), masks,
+                                        encode_rles(masks))]
+
+    def finish(self) -> list[Path]:
+        """Write ``panoptic.json`` and ``instances.json``; returns every file this writer wrote."""
+        coco = {"images": self.images, "annotations": self.annotations, "categories": self.categories.to_coco()}
+        self.files.append(write_json(self.out_dir / "panoptic.json", coco))
+        self.files.append(write_json(self.out_dir / "instances.json", self.results))
+        return self.files
 
 
 def dump_tensors(path: str | Path, tensors: dict[str, torch.Tensor], seg: Segmentation, sam_masks=()) -> Path:

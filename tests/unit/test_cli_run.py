@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from cmpf.cli import main
+from cmpf.codecs import mask_bbox, rgb2id
 
 
 @pytest.fixture(scope="module")
@@ -46,28 +47,99 @@ def test_run_writes_all_results(image, checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["run", str(image), "--model", "tiny",
                "--checkpoint", str(checkpoint), "--no-resize", "--classes", "cat;dog,puppy;sky", "--things",
-               "cat;dog", "--out", str(out), "--dump-tensors", str(tmp_path / "t.npz")])
+               "cat;dog", "--out", str(out), "--dump-tensors", str(tmp_path / "t.npz"), "--no-progress"])
     assert rc == 0
-    labels = np.asarray(Image.open(out / "scene_semantic.png"))
+    stdout = capsys.readouterr().out
+    assert stdout.strip().splitlines()[-1].startswith("segmented 1 image in ")  # the summary line
+    assert f"results in {out}/: semantic/, color/, overlay/, panoptic/, panoptic.json, instances.json" in stdout
+    semantic = Image.open(out / "semantic" / "scene.png")
+    assert semantic.mode == "P"  # class indices as pixels, the class colours as palette
+    labels = np.asarray(semantic)
     assert labels.shape == (70, 90) and labels.max() < 3
-    assert np.asarray(Image.open(out / "scene_overlay.png")).shape == (70, 90, 3)
-    pan = json.loads((out / "scene_panoptic.json").read_text())
-    rgb = np.asarray(Image.open(out / "scene_panoptic.png")).astype(np.int64)
-    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    colour = np.asarray(Image.open(out / "color" / "scene.png"))
+    palette = np.asarray(semantic.getpalette()[:9], dtype=np.uint8).reshape(3, 3)
+    np.testing.assert_array_equal(colour, palette[labels])
+    overlay = np.asarray(Image.open(out / "overlay" / "scene.png"))
+    assert overlay.shape[0] >= 384 and overlay.shape[1] > overlay.shape[0] * 90 // 70  # enlarged, with a legend
+    coco = json.loads((out / "panoptic.json").read_text())
+    assert coco["images"] == [{"id": "scene", "file_name": "scene.png", "height": 70, "width": 90}]
+    assert [c["id"] for c in coco["categories"]] == [1, 2, 3]  # no ids in --classes: 1..K, COCO's convention
+    (pan,) = coco["annotations"]
+    assert pan["file_name"] == "scene.png" and pan["image_id"] == "scene"
+    ids = rgb2id(np.asarray(Image.open(out / "panoptic" / "scene.png")))
     assert set(np.unique(ids)) - {0} == {s["id"] for s in pan["segments_info"]}
     for s in pan["segments_info"]:
-        assert (ids == s["id"]).sum() == s["area"]
+        assert (ids == s["id"]).sum() == s["area"] and s["bbox"] == mask_bbox(ids == s["id"])
+        assert s["category_id"] in (1, 2, 3)
     from pycocotools import mask as mask_utils
 
-    inst = json.loads((out / "scene_instances.json").read_text())
-    assert all(mask_utils.decode(i["segmentation"]).shape == (70, 90) for i in inst)
-    assert all(i["category_name"] in ("cat", "dog") for i in inst)  # panoptic on: things only
+    inst = json.loads((out / "instances.json").read_text())
+    for i in inst:
+        m = mask_utils.decode(i["segmentation"])
+        assert m.shape == (70, 90) and i["area"] == m.sum() and i["bbox"] == mask_bbox(m.astype(bool))
+        assert i["category_name"] in ("cat", "dog") and i["category_id"] in (1, 2)  # panoptic on: things only
     t = np.load(tmp_path / "t.npz")
     q = 20
     assert t["pred_logits"].shape == (1, q, 4) and t["mask_cls_logprob"].shape == (q, 4)
     assert t["sem_seg"].shape == (3, 70, 90) and t["panoptic_seg"].dtype == np.int32
     assert t["instance_masks"].dtype == bool and t["sam_embedding"].shape[:2] == (1, 64)
     np.testing.assert_array_equal(t["sem_seg"].argmax(0), labels)
+
+
+def test_vocabulary_file_ids_are_the_category_ids(image, checkpoint, tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("5:cat,kitty\n0:invalid_class_id\n\n9:sky\n")
+    out = tmp_path / "out"
+    assert main(["run", str(image), "--model", "tiny", "--checkpoint", str(checkpoint), "--no-resize", "--vocab",
+                 str(vocab), "--out", str(out), "--no-progress"]) == 0
+    coco = json.loads((out / "panoptic.json").read_text())
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(5, "cat"), (9, "sky")]
+    assert {s["category_id"] for s in coco["annotations"][0]["segments_info"]} <= {5, 9}
+
+
+def test_run_folder_and_glob_report_files_that_are_not_images(image, checkpoint, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.open(image).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"left out: hidden")
+    (folder / "sub").mkdir()  # not recursive
+    args = ["--model", "tiny", "--checkpoint", str(checkpoint), "--no-resize", "--classes", "cat;sky",
+            "--no-progress", "--batch", "2"]
+    out = tmp_path / "out"
+    assert main(["run", str(folder), "--out", str(out), *args]) == 2  # results written, one file skipped
+    captured = capsys.readouterr()
+    assert "segmented 2 images in " in captured.out and "1 skipped (not images)" in captured.out
+    err = captured.err.strip().splitlines()
+    assert f"skipped {folder / 'notes.txt'}: not an image file" in err[-2]
+    assert err[-1].startswith("error: 1 of 3 files are not images and were skipped")
+    assert sorted(p.name for p in (out / "semantic").iterdir()) == ["a.png", "b.png"]
+    coco = json.loads((out / "panoptic.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["a.png", "b.png"]  # sorted by name
+    out2 = tmp_path / "out2"
+    assert main(["run", str(folder / "*.png"), "--out", str(out2), *args]) == 0  # a pattern: the images only
+    assert sorted(p.name for p in (out2 / "overlay").iterdir()) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "semantic" / "a.png")),
+                                  np.asarray(Image.open(out2 / "semantic" / "a.png")))
+    assert main(["run", str(tmp_path / "*.jpeg"), "--out", str(out2), *args]) == 2
+    assert "no file matches the pattern" in capsys.readouterr().err
+
+
+def test_batches_give_the_results_of_single_images(image, checkpoint, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.RandomState(1)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.randint(0, 256, (70, 90, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    args = ["--model", "tiny", "--checkpoint", str(checkpoint), "--no-resize", "--classes", "cat;dog;sky",
+            "--no-progress"]
+    assert main(["run", str(folder), "--out", str(tmp_path / "one"), *args]) == 0
+    assert main(["run", str(folder), "--out", str(tmp_path / "two"), "--batch", "2", *args]) == 0
+    for name in ("a", "b", "c"):
+        one = np.asarray(Image.open(tmp_path / "one" / "semantic" / f"{name}.png"))
+        two = np.asarray(Image.open(tmp_path / "two" / "semantic" / f"{name}.png"))
+        assert (one == two).mean() > 0.99
 
 
 @pytest.mark.parametrize("args, message", [
