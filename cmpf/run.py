@@ -107,8 +107,10 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Input]:
 def run(cfg: RunConfig) -> RunResult:
     """Segment every image of ``cfg.inputs`` and write the result files (see ``cmpf.outputs``)."""
     inputs = expand_inputs(cfg.inputs)
-    check_outputs(cfg.out_dir, _image_like(inputs), cfg.dump_tensors)  # fail early on an unusable --out
+    expected = _image_like(inputs)
+    check_outputs(cfg.out_dir, [str(p) for p in expected], cfg.dump_tensors)  # fail early on an unusable --out
     dataset = read_coco_json(cfg.coco_json) if cfg.coco_json else None
+    image_ids = _image_ids(expected, dataset)
     vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
     ids = vocabulary_ids(cfg.vocab) if cfg.vocab else None
     colors = None
@@ -121,7 +123,6 @@ def run(cfg: RunConfig) -> RunResult:
     options = options_with(predictor.options, resize=cfg.resize, sam_ensemble=cfg.sam_ensemble or None)
     if cfg.train_vocab:
         options = options.with_seen(load_vocabulary_file(cfg.train_vocab).classes)
-    image_ids = _image_ids([i.path for i in inputs], dataset)
     skipped: list[tuple[str, str]] = []
     with Staging() as stage:  # all or nothing: files move into --out only once every image is done
         writer = ResultWriter(stage.directory(cfg.out_dir, "--out"), categories)
@@ -135,6 +136,8 @@ def run(cfg: RunConfig) -> RunResult:
                     else None
                 result = predictor.segment(images, vocabulary, options, sam_masks=masks)
                 for path, image, seg in zip(paths, images, result.segmentations):
+                    if path not in image_ids:  # a found file with no image suffix that is an image all the same
+                        image_ids |= _image_ids([path], dataset)
                     writer.add(seg, image, path.stem, image_ids[path], path.name)
                 if dump and len(writer.images) == len(images):  # the first batch
                     dump_tensors(dump, result.tensors, result.segmentations[0], result.sam_masks[:1])
@@ -147,12 +150,12 @@ def run(cfg: RunConfig) -> RunResult:
     return RunResult(Path(cfg.out_dir), stage.committed, len(writer.images), seconds, tuple(skipped))
 
 
-def _image_like(inputs: list[Input]) -> list[str]:
-    """Named files, and found files with an image suffix: the names whose results must not collide."""
+def _image_like(inputs: list[Input]) -> list[Path]:
+    """Named files, and found files with an image suffix: the images expected (their names must not collide)."""
     from PIL import Image
 
     suffixes = Image.registered_extensions()
-    return [str(i.path) for i in inputs if i.named or i.path.suffix.lower() in suffixes]
+    return [i.path for i in inputs if i.named or i.path.suffix.lower() in suffixes]
 
 
 def _batches(inputs: list[Input], cfg: RunConfig, skipped: list, bar):

@@ -124,6 +124,14 @@ def test_run_folder_and_glob_report_files_that_are_not_images(image, checkpoint,
                                   np.asarray(Image.open(out2 / "semantic" / "a.png")))
     assert main(["run", str(tmp_path / "*.jpeg"), "--out", str(out2), *args]) == 2
     assert "no file matches the pattern" in capsys.readouterr().err
+    coco = tmp_path / "coco.json"  # a dataset's image ids, matched by name; notes.txt needs none
+    coco.write_text(json.dumps({"images": [{"id": 12, "file_name": "b.jpg"}, {"id": 11, "file_name": "a.jpg"}],
+                                "categories": [{"id": 3, "name": "cat"}, {"id": 8, "name": "sky", "isthing": 0}]}))
+    out3 = tmp_path / "out3"
+    assert main(["run", str(folder), "--out", str(out3), "--coco-json", str(coco), *args[:5], "--no-progress"]) == 2
+    written = json.loads((out3 / "panoptic.json").read_text())
+    assert [im["id"] for im in written["images"]] == [11, 12]
+    assert [(c["id"], c["name"], c["isthing"]) for c in written["categories"]] == [(3, "cat", 1), (8, "sky", 0)]
 
 
 def test_batches_give_the_results_of_single_images(image, checkpoint, tmp_path):
