@@ -199,7 +199,7 @@ def _files(out: Path, artifacts: Path, results: Path, scenes: SyntheticSet) -> d
         files["the trained tiny model (and metrics.jsonl of the training)"] = out / "train" / "model_final.pth"
     files |= {"the export: one ONNX file per graph + manifest.json": artifacts,
               "labelled overlays: each segment in its colour, named, with a legend": results / "overlay",
-              "semantic maps: palette PNGs of class indices, and the same in colour": results / "semantic",
+              "semantic maps: palette PNGs of class indices (what cmpf metrics semantic reads)": results / "semantic",
               "colour semantic maps": results / "color",
               "COCO panoptic PNGs + panoptic.json (dataset category ids, bbox, area)": results / "panoptic",
               "COCO instance results (RLE, bbox, area, score)": results / "instances.json"}
