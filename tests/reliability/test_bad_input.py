@@ -60,8 +60,8 @@ CASES = [
     ("run-out-under-a-file-exit2", lambda t, i, w, a: [*RUN, i / "a.png", "--out", _file(t) / "sub"], 2,
      ["not a directory"]),
     ("run-result-name-taken-by-a-directory-exit2",
-     lambda t, i, w, a: [*RUN, i / "a.png", "--out", _mkdir(t / "o" / "a_semantic.png").parent], 2,
-     ["a_semantic.png is a directory"]),
+     lambda t, i, w, a: [*RUN, i / "a.png", "--out", _mkdir(t / "o" / "semantic" / "a.png").parent.parent], 2,
+     ["semantic/a.png is a directory"]),
     ("run-dump-tensors-is-a-directory-exit2",
      lambda t, i, w, a: [*RUN, i / "a.png", "--out", t / "o", "--dump-tensors", _mkdir(t / "d")], 2,
      ["--dump-tensors", "is a directory"]),
@@ -278,4 +278,4 @@ def test_large_image_runs_when_max_pixels_allows_it(inputs, tmp_path, capsys):
     img = save_png(tmp_path / "big.png", random_image(40, 60))
     assert cli([*RUN, img, "--max-pixels", 2000, "--out", tmp_path / "o1"], capsys).code == 2
     assert cli([*RUN, img, "--max-pixels", 2400, "--out", tmp_path / "o2"], capsys).code == 0
-    assert (tmp_path / "o2" / "big_semantic.png").is_file()
+    assert (tmp_path / "o2" / "semantic" / "big.png").is_file()

@@ -20,6 +20,7 @@ import torch
 from conftest import CLASSES, CMPF, ERROR_LINE, assert_one_line_error, cli, cmpf_process_env, tree
 
 from cmpf.io import Staging, torch_save
+from cmpf.outputs import FOLDERS
 
 RUN = ["run", "--model", "tiny", "--no-resize", "--classes", CLASSES]
 
@@ -88,22 +89,23 @@ def test_torch_save_under_a_file_size_limit_raises_an_os_error_and_leaves_nothin
     assert list(tmp_path.iterdir()) == []
 
 
-def test_disk_full_on_the_second_image_leaves_no_result(tmp_path, inputs, capsys, monkeypatch):
+@pytest.mark.parametrize("failing", ["panoptic/b.png", "instances.json"])
+def test_disk_full_midway_leaves_no_result(failing, tmp_path, inputs, capsys, monkeypatch):
+    """The disk fills on the second image's panoptic PNG, or on the run's last file: nothing remains."""
     import cmpf.outputs
 
-    calls = []
-    real = cmpf.outputs.write_json
+    name = "atomic_write" if failing.endswith(".png") else "write_json"
+    real = getattr(cmpf.outputs, name)
 
-    def write_json(path, obj, **kw):
-        calls.append(path)
-        if len(calls) == 3:  # the second image's panoptic JSON
+    def full(path, *args, **kw):
+        if str(path).endswith(failing):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, obj, **kw)
+        return real(path, *args, **kw)
 
-    monkeypatch.setattr(cmpf.outputs, "write_json", write_json)
+    monkeypatch.setattr(cmpf.outputs, name, full)
     r = cli([*RUN, inputs / "a.png", inputs / "b.png", "--out", tmp_path / "o", "--dump-tensors",
              tmp_path / "t.npz"], capsys)
-    assert_one_line_error(r, 3, "disk is full", str(tmp_path / "o" / "b_panoptic.json"))
+    assert_one_line_error(r, 3, "disk is full", str(tmp_path / "o" / failing))
     assert tree(tmp_path) == set()
 
 
@@ -143,8 +145,11 @@ def test_read_only_output_directory_is_refused_and_stays_empty(command, tmp_path
 def test_a_failed_run_keeps_the_previous_results(tmp_path, inputs, capsys):
     out = tmp_path / "o"
     assert cli([*RUN, inputs / "a.png", "--out", out], capsys).code == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    before = files()
     r = cli([*RUN, inputs / "b.png", inputs / "junk.png", "--out", out], capsys)
     assert r.code == 2
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert tree(tmp_path) == {"o", *(f"o/{n}" for n in before)}
+    assert files() == before
+    assert tree(tmp_path) == {"o", *(f"o/{d}" for d in FOLDERS), *(f"o/{n}" for n in before)}

@@ -60,7 +60,7 @@ def test_odd_formats_and_unicode_names_run_end_to_end(odd, tmp_path, capsys):
     assert r.code == 0, r.err[-2000:]
     for name in files:
         stem = name.rsplit(".", 1)[0]
-        assert (tmp_path / "o" / f"{stem}_semantic.png").is_file(), name
+        assert (tmp_path / "o" / "semantic" / f"{stem}.png").is_file(), name
     assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no staging directory left
 
 

@@ -98,10 +98,10 @@ def artifacts_with_vocabulary(tmp_path_factory):
 def test_run_artifacts_defaults_to_the_manifest_vocabulary(artifacts_with_vocabulary, images, tmp_path, umask_022):
     out = tmp_path / "out"
     assert main(["run", *map(str, images), "--artifacts", str(artifacts_with_vocabulary), "--out", str(out)]) == 0
-    labels = np.asarray(Image.open(out / "a_semantic.png"))
+    labels = np.asarray(Image.open(out / "semantic" / "a.png"))
     assert labels.shape == (48, 64) and labels.max() < 3
-    files = sorted(out.iterdir())
-    assert len(files) == 10 and not [f for f in files if f.name.startswith(".")]
+    files = sorted(f for f in out.rglob("*") if f.is_file())  # 4 PNGs per image, panoptic.json, instances.json
+    assert len(files) == 4 * len(images) + 2 and not [f for f in out.rglob(".*")]
     assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}  # a normal write's mode under umask 022
 
 
