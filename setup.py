@@ -26,7 +26,10 @@ setup(
         "openvino": ["openvino"],
         "precision": ["onnx", "onnxruntime"],
         "bench": ["matplotlib"],
-        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib", "openvino"],
+        # cmpf serve / cmpf client: the Triton server binary (in nvidia-pytriton's wheel) and its client
+        "serve": ["nvidia-pytriton", "tritonclient[http,grpc]"],
+        "dev": ["pytest", "onnx", "onnxruntime", "onnxscript", "triton", "import-linter", "matplotlib", "openvino",
+                "nvidia-pytriton", "tritonclient[http,grpc]"],
     },
     entry_points={"console_scripts": ["cmpf=cmpf.cli:main"]},
 )

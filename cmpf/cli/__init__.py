@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("metrics", "PQ / mIoU / AP of saved predictions"),
     "train": ("train", "train on COCO panoptic (official recipe)"),
     "doctor": ("doctor", "print what this machine offers, or lint ONNX files for TensorRT (--onnx)"),
+    "serve": ("serve", "serve exported artifacts with Triton Inference Server (model cmpf_segment)"),
+    "client": ("client", "segment images on a running `cmpf serve` and write what `cmpf run` writes"),
 }
 ALIASES = {"check-env": "doctor"}  # the name STYLE.md used first; `cmpf --help` lists it beside doctor
 
