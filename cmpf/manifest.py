@@ -15,7 +15,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from cmpf import config as C
 from cmpf.config import InferenceOptions, ModelConfig, SamConfig
@@ -26,6 +26,7 @@ from cmpf.vocabulary import Vocabulary
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2  # 2: inference options apart from the model config; bump on any incompatible change
+FAMILY = "cmpf"  # CMPF / FrozenSeg and FC-CLIP; another family's manifest names its own ("family": "fusioner")
 FORMAT_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2", "engine": ".engine", "torchtrt": ".ts"}
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
@@ -128,19 +129,28 @@ class Manifest:
     vocabulary: Optional[Vocabulary] = None  # the default vocabulary of ``cmpf run --artifacts``
     weights: Optional[WeightsRecord] = None
     directory: Optional[Path] = field(default=None, compare=False)  # where it was read from
+    family: ClassVar[str] = FAMILY  # written when it is another family's (cmpf.fusioner.manifest)
+
+    def preprocessing_constants(self) -> dict:
+        """What every backend does before the graphs (``preprocessing``), recorded and checked on reading."""
+        return preprocessing(self.model)
+
+    def expected_specs(self) -> dict[str, GraphSpec]:
+        """The tensor specs this cmpf gives the model's graphs (the files must have been exported with them)."""
+        return graph_specs(self.model, **self.spec_args)
 
     # -- writing ------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
             "format_version": MANIFEST_VERSION,
+            **({"family": self.family} if self.family != FAMILY else {}),
             "model": dataclasses.asdict(self.model),
             "inference": self.inference.to_json(),
-            "preprocessing": preprocessing(self.model),
+            "preprocessing": self.preprocessing_constants(),
             "vocabulary": self.vocabulary.to_json() if self.vocabulary else None,
             "weights": dataclasses.asdict(self.weights) if self.weights else None,
             "spec_args": self.spec_args,
-            "graphs": {g: {"spec": e.spec.to_json(), "files": {f: _file_json(x) for f, x in e.files.items()}}
-                       for g, e in self.graphs.items()},
+            "graphs": graphs_to_json(self.graphs),
             "producer": self.producer,
             "export": {"command": self.command, "opset": self.opset},
             "files": self.files,
@@ -155,34 +165,25 @@ class Manifest:
     def read(directory: str | Path) -> "Manifest":
         """Load and check ``manifest.json`` (format version, fields, specs, preprocessing constants)."""
         directory = Path(directory)
-        path = directory / MANIFEST_NAME
-        if not path.is_file():
-            what = "no such directory" if not directory.is_dir() else f"no {MANIFEST_NAME}"
-            raise ArtifactError(f"{directory}: {what}; export it with `{rebuild_command(None, directory)}`")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{path}: unreadable manifest ({' '.join(str(e).split())}); re-export with "
-                                f"`{rebuild_command(None, directory)}`") from None
-        command = rebuild_command(data if isinstance(data, dict) else None, directory)
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != MANIFEST_VERSION:
-            raise ArtifactError(f"{path}: manifest format version {version!r}, this cmpf reads version "
-                                f"{MANIFEST_VERSION}; re-export with `{command}`")
+        data = read_manifest_json(directory)
+        family = data.get("family", FAMILY)
+        if family != FAMILY:  # another model family's export (cmpf.fusioner reads its own)
+            raise ArtifactError(f"{directory}: a {family} export; this command reads CMPF / FC-CLIP exports only "
+                                f"(`cmpf run --artifacts {directory}` runs it)")
         try:
             manifest = _from_json(data, directory)
         except (KeyError, TypeError, ValueError) as e:
-            raise ArtifactError(f"{path}: malformed manifest ({type(e).__name__}: {e}); re-export with "
-                                f"`{command}`") from None
+            raise ArtifactError(f"{directory / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: {e}); "
+                                f"re-export with `{rebuild_command(data, directory)}`") from None
         manifest._check(data)
         return manifest
 
     def _check(self, data: dict) -> None:
         fix = f"re-export with `{self.command}`"
-        if data.get("preprocessing") != preprocessing(self.model):
+        if data.get("preprocessing") != self.preprocessing_constants():
             raise ArtifactError(f"{self.directory}: the manifest's preprocessing constants differ from this "
                                 f"cmpf's; {fix}")
-        expected = graph_specs(self.model, **self.spec_args)
+        expected = self.expected_specs()
         changed = sorted(g for g, e in self.graphs.items() if e.spec != expected.get(g))
         if changed:
             raise ArtifactError(f"{self.directory}: graphs {changed} were exported with other tensor specs than "
@@ -268,7 +269,7 @@ class Manifest:
 
     def require_all_graphs(self) -> None:
         """The pipeline needs every graph of the model: refuse a partial export with the full command."""
-        expected = graph_specs(self.model, **self.spec_args)
+        expected = self.expected_specs()
         missing = sorted(set(expected) - set(self.graphs))
         if missing:
             command = shlex.split(self.command)
@@ -291,6 +292,53 @@ class Manifest:
         if sha256_file(path) != self.weights.sha256:
             raise ArtifactError(f"{path}: checkpoint changed since the export (sha256 differs); {fix}")
         return path
+
+
+def read_manifest_json(directory: str | Path) -> dict:
+    """The JSON of ``directory/manifest.json`` after the checks every family shares (present, readable, format
+    version); an ``ArtifactError`` naming the command that rebuilds the directory otherwise."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        what = "no such directory" if not directory.is_dir() else f"no {MANIFEST_NAME}"
+        raise ArtifactError(f"{directory}: {what}; export it with `{rebuild_command(None, directory)}`")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable manifest ({' '.join(str(e).split())}); re-export with "
+                            f"`{rebuild_command(None, directory)}`") from None
+    command = rebuild_command(data if isinstance(data, dict) else None, directory)
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != MANIFEST_VERSION:
+        raise ArtifactError(f"{path}: manifest format version {version!r}, this cmpf reads version "
+                            f"{MANIFEST_VERSION}; re-export with `{command}`")
+    return data
+
+
+def manifest_family(directory: str | Path) -> str:
+    """The model family of an artifact directory (``"cmpf"`` when the manifest names none; also when it is
+    unreadable, so that ``Manifest.read`` reports that)."""
+    try:
+        data = json.loads((Path(directory) / MANIFEST_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return FAMILY
+    family = data.get("family", FAMILY) if isinstance(data, dict) else FAMILY
+    return family if isinstance(family, str) else FAMILY
+
+
+def graphs_to_json(graphs: dict[str, GraphEntry]) -> dict:
+    return {g: {"spec": e.spec.to_json(), "files": {f: _file_json(x) for f, x in e.files.items()}}
+            for g, e in graphs.items()}
+
+
+def graphs_from_json(data: dict) -> dict[str, GraphEntry]:
+    return {
+        g: GraphEntry(GraphSpec.from_json(e["spec"]), {
+            key: GraphFile(f["path"], f["precision"], f["device"], tuple(f.get("external_data", ())),
+                           f.get("verified_rel_error"), f.get("recipe"))
+            for key, f in e["files"].items()})
+        for g, e in data.items()
+    }
 
 
 def rebuild_command(data: Optional[dict], directory: str | Path) -> str:
@@ -322,13 +370,7 @@ def _file_json(f: GraphFile) -> dict:
 
 
 def _from_json(data: dict, directory: Path) -> Manifest:
-    graphs = {
-        g: GraphEntry(GraphSpec.from_json(e["spec"]), {
-            key: GraphFile(f["path"], f["precision"], f["device"], tuple(f.get("external_data", ())),
-                           f.get("verified_rel_error"), f.get("recipe"))
-            for key, f in e["files"].items()})
-        for g, e in data["graphs"].items()
-    }
+    graphs = graphs_from_json(data["graphs"])
     return Manifest(
         model=model_config_from_json(data["model"]),
         inference=InferenceOptions.from_json(data["inference"]),

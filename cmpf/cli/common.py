@@ -15,7 +15,7 @@ def csv(text: Optional[str]) -> Optional[tuple[str, ...]]:
 def add_source(p: argparse.ArgumentParser, *, artifacts: bool = True) -> None:
     p.add_argument("--model", "--preset", dest="model", metavar="PRESET",
                    help="preset: frozenseg-convnext-large, frozenseg-rn50x64, fcclip-convnext-large, fcclip-rn50x64, "
-                        "tiny")
+                        "tiny; Fusioner: fusioner-vitl14, tiny-fusioner")
     p.add_argument("--checkpoint", help="official detectron2 checkpoint (.pth); without it: random weights")
     p.add_argument("--clip-weights", help="open_clip weights file, when the checkpoint lacks CLIP")
     p.add_argument("--sam-weights", help="sam_vit_b_01ec64.pth, when the checkpoint lacks SAM")
@@ -35,6 +35,18 @@ def source(args: argparse.Namespace, default_model: Optional[str] = None):
     return ModelSource(model=model, checkpoint=args.checkpoint, clip_weights=args.clip_weights,
                        sam_weights=args.sam_weights, artifacts=getattr(args, "artifacts", None),
                        precision=getattr(args, "precision", None))
+
+
+def family(model: Optional[str] = None, artifacts: Optional[str] = None) -> str:
+    """The model family a command dispatches on: ``"fusioner"`` or ``"cmpf"`` (CMPF / FrozenSeg and FC-CLIP),
+    from the preset name or from the artifact directory's manifest."""
+    if artifacts:
+        from cmpf.manifest import manifest_family
+
+        return manifest_family(artifacts)
+    from cmpf.fusioner.config import PRESETS as FUSIONER_PRESETS
+
+    return "fusioner" if model in FUSIONER_PRESETS else "cmpf"
 
 
 def add_backend(p: argparse.ArgumentParser, choices=BACKEND_NAMES) -> None:

@@ -41,5 +41,12 @@ def main(args) -> int:
                        vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
                        verify=not args.no_verify, external_data=args.external_data,
                        plugins=common.csv(args.plugins) or (), **opset)
-    print(f"wrote {export_model(cfg)}")
+    match common.family(args.model):
+        case "fusioner":
+            from cmpf.fusioner.export import export_fusioner
+
+            path = export_fusioner(cfg)
+        case _:
+            path = export_model(cfg)
+    print(f"wrote {path}")
     return 0

@@ -37,6 +37,9 @@ def add(sub) -> None:
     p.add_argument("--dump-tensors", metavar="FILE.npz", help="write the first image's tensors to this .npz "
                                                               "(default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    p.add_argument("--mode", choices=("per-class", "joint"),
+                   help="Fusioner only: one fusion pass per class (per-class, the official evaluation) or all classes "
+                        "in one pass (joint) (default: the export's, else per-class)")
     common.add_max_pixels(p)
     common.add_device(p)
     p.set_defaults(func=main)
@@ -44,6 +47,12 @@ def add(sub) -> None:
 
 def main(args) -> int:
     from cmpf.errors import InputError
+
+    match common.family(args.model, args.artifacts):
+        case "fusioner":
+            return _run_fusioner(args)
+    if args.mode:
+        raise InputError("--mode applies to Fusioner models (tiny-fusioner, fusioner-vitl14) only; drop it")
     from cmpf.run import RunConfig, run
 
     cfg = RunConfig(inputs=tuple(args.images), out_dir=args.out, source=common.source(args), backend=args.backend,
@@ -59,4 +68,24 @@ def main(args) -> int:
         raise InputError(f"{len(result.skipped)} of {len(result.skipped) + result.images} files are not images and "
                          f"were skipped (listed above); the results of the other {result.images} are in {args.out}; "
                          f"remove those files or name the images", details=listing)
+    return 0
+
+
+def _run_fusioner(args) -> int:
+    from cmpf.errors import InputError
+    from cmpf.fusioner.run import FusionerRunConfig, run_fusioner
+
+    cmpf_only = [flag for flag, given in (("--coco-json", args.coco_json), ("--no-resize", args.resize is False),
+                                          ("--batch", args.batch != 1), ("--sam-ensemble", args.sam_ensemble),
+                                          ("--sam-masks", args.sam_masks), ("--sam-weights", args.sam_weights),
+                                          ("--things", args.things), ("--train-vocab", args.train_vocab),
+                                          ("--max-pixels", args.max_pixels)) if given]
+    if cmpf_only:
+        raise InputError(f"{', '.join(cmpf_only)}: CMPF / FC-CLIP options; a Fusioner run takes --classes / --vocab, "
+                         f"--mode, --backend, --precision, --dump-tensors; drop them")
+    cfg = FusionerRunConfig(images=tuple(args.images), out_dir=args.out, model=args.model, checkpoint=args.checkpoint,
+                            clip_weights=args.clip_weights, artifacts=args.artifacts, backend=args.backend,
+                            precision=args.precision, vocab=args.vocab, classes=args.classes, mode=args.mode,
+                            dump_tensors=args.dump_tensors, device=args.device)
+    print(run_fusioner(cfg, progress=not args.no_progress).summary())
     return 0

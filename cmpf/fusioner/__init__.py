@@ -2,7 +2,9 @@
 
 ``build_model(preset, checkpoint=..., clip_weights=...)`` → ``Fusioner`` in eval mode;
 ``segment(model, image, class_names, SegmentOptions(...))`` → ``FusionerSegmentation``;
-``graphs.WRAPPERS`` / ``graphs.graph_specs(cfg)`` for export. Facts: ``shared/docs/FUSIONER_SPEC.md``.
+``graphs.WRAPPERS`` / ``graphs.graph_specs(cfg)`` for export. Above the model (they use ``cmpf.export`` and
+``cmpf.runtime``; nothing here imports them): ``export.export_fusioner`` (``cmpf export``) and
+``run.run_fusioner`` (``cmpf run``). Facts: ``shared/docs/FUSIONER_SPEC.md``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ upstream paths: ``shared/docs/FUSIONER_SPEC.md`` (``FU:`` = chaofanma/Fusioner @
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -102,6 +103,9 @@ class SegmentOptions:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
     def window_stride(self, window_size: int) -> int:
         return self.stride if self.stride is not None else int(window_size * 2.0 / 3.0)

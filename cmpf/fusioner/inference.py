@@ -12,23 +12,42 @@
 ``mode="per-class"`` is the official evaluation (one K=1 fusion pass per class; its masks are the
 K independent binary predictions); ``"joint"`` runs all classes in one pass (masks = one-hot labels).
 The visual tokens of a window do not depend on the classes, so they are computed once per window.
+Everything here takes ``WindowGraphs``: the eager ``Fusioner`` itself, or the exported graphs behind
+runners (``cmpf.fusioner.run.RunnerGraphs``), so every backend shares this one protocol.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmpf.fusioner.config import NORMALISATIONS, Mode, SegmentOptions
-from cmpf.fusioner.model import Fusioner
+from cmpf.fusioner.config import NORMALISATIONS, FusionerConfig, Mode, SegmentOptions
 from cmpf.fusioner.prompts import FusionerInputError, tokenize_class
 
 Window = tuple[int, int, int, int]  # (h0, h1, w0, w1) in the padded image, end exclusive
+
+
+class WindowGraphs(Protocol):
+    """The three graphs of one model (``cmpf.fusioner.graphs``), as the eager ``Fusioner`` names them."""
+
+    cfg: FusionerConfig
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised windows → (B, N, D) unit patch tokens."""
+
+    def encode_class(self, template_token_ids: torch.Tensor) -> torch.Tensor:
+        """(32, 77) prompt tokens of one class name → (1, D) unit class embedding."""
+
+    def segment_window(self, image_tokens: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens, (K, D) class embeddings → (B, K, S, S) logits."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,8 @@ class FusionerSegmentation:
     masks: torch.Tensor  # (K, H, W) bool; per-class: sigmoid > threshold per class; joint: one-hot labels
     labels: torch.Tensor  # (H, W) int64: 0 background, k + 1 = class_names[k]
     windows: tuple[Window, ...]
+    text_embeddings: Optional[torch.Tensor] = None  # (K, D) unit class embeddings used
+    first_window_tokens: Optional[torch.Tensor] = None  # (1, N, D) unit patch tokens of windows[0]
 
 
 def check_image(image) -> np.ndarray:
@@ -81,16 +102,32 @@ def check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def class_names_of(vocabulary) -> tuple[str, ...]:
+    """A ``cmpf.vocabulary.Vocabulary`` → its K class names, each checked to tokenize within 77 tokens.
+
+    Fusioner has no synonyms (one name per class, ``FU:model/text_encoder.py``): a class with several is refused.
+    """
+    names = []
+    for synonyms in vocabulary.classes:
+        if len(synonyms) > 1:
+            raise FusionerInputError(f"class {','.join(synonyms)!r} has synonyms; Fusioner takes one name per class "
+                                     f"(separate classes with ';', e.g. 'cat;dog')")
+        tokenize_class(synonyms[0])  # raises for a name whose prompts exceed 77 tokens
+        names.append(synonyms[0])
+    return check_class_names(names)
+
+
 class TextEmbeddingCache:
-    """Class name → (D,) class embedding, computed once per name for one model.
+    """Class name → (D,) class embedding, computed once per name for one model (its text-encoder graph).
 
     The official code re-encodes the 32 prompts on every forward; the embedding depends only on the
-    name and the text tower, so caching gives the same numbers.
+    name and the text tower, so caching gives the same numbers. ``encoded`` counts text-encoder calls.
     """
 
-    def __init__(self, model: Fusioner):
+    def __init__(self, model: WindowGraphs):
         self.model = model
         self._embeddings: dict[str, torch.Tensor] = {}
+        self.encoded = 0
 
     def __len__(self) -> int:
         return len(self._embeddings)
@@ -99,11 +136,11 @@ class TextEmbeddingCache:
     def embed(self, class_names: Sequence[str]) -> torch.Tensor:
         """K class names (verbatim) → (K, D) unit class embeddings on the model's device."""
         names = check_class_names(class_names)
-        device = next(self.model.parameters()).device
         for name in names:
             if name not in self._embeddings:
-                tokens = tokenize_class(name).to(device)  # raises for a prompt over 77 tokens
+                tokens = tokenize_class(name).to(self.model.device)  # raises for a prompt over 77 tokens
                 self._embeddings[name] = self.model.encode_class(tokens)[0]
+                self.encoded += 1
         return torch.stack([self._embeddings[n] for n in names])
 
 
@@ -127,22 +164,23 @@ def pad_to(pixels: torch.Tensor, size: int, value: float) -> torch.Tensor:
     return F.pad(pixels, (0, max(size - w, 0), 0, max(size - h, 0)), value=value)
 
 
-def _window_logits(model: Fusioner, crop: torch.Tensor, text: torch.Tensor, mode: Mode) -> torch.Tensor:
-    """One padded (1, 3, S, S) window → (1, K, S, S) logits; per-class runs K fusion passes with K=1."""
-    tokens = model.encode_image(crop)
+def _window_logits(model: WindowGraphs, tokens: torch.Tensor, text: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """Tokens (1, N, D) of one window → (1, K, S, S) logits; per-class runs K fusion passes with K=1."""
     if mode == "joint":
         return model.segment_window(tokens, text)
     return torch.cat([model.segment_window(tokens, text[k:k + 1]) for k in range(text.shape[0])], dim=1)
 
 
 @torch.no_grad()
-def sliding_window_logits(model: Fusioner, pixels: torch.Tensor, text_embeddings: torch.Tensor,
-                          options: SegmentOptions = SegmentOptions()) -> tuple[torch.Tensor, tuple[Window, ...]]:
+def sliding_window_logits(model: WindowGraphs, pixels: torch.Tensor, text_embeddings: torch.Tensor,
+                          options: SegmentOptions = SegmentOptions(), *, keep: Optional[dict] = None,
+                          ) -> tuple[torch.Tensor, tuple[Window, ...]]:
     """Window-averaged logits of one normalised image.
 
     Args:
         pixels: (1, 3, H, W) float32, dataset-normalised, any H, W >= 1.
         text_embeddings: (K, D) unit class embeddings, K >= 1.
+        keep: when given, receives ``first_window_tokens`` (1, N, D).
     Returns:
         (1, K, H, W) float32 logits and the windows used (padded-image coordinates).
     """
@@ -152,7 +190,7 @@ def sliding_window_logits(model: Fusioner, pixels: torch.Tensor, text_embeddings
         raise FusionerInputError(f"text_embeddings must be (K, D) with K >= 1, got {tuple(text_embeddings.shape)}")
     s = model.cfg.window_size
     h, w = pixels.shape[-2:]
-    device = next(model.parameters()).device
+    device = model.device
     padded = pad_to(pixels.to(device=device, dtype=torch.float32), s, options.pad_value)
     ph, pw = padded.shape[-2:]
     windows = window_grid(h, w, s, options.window_stride(s))
@@ -162,7 +200,10 @@ def sliding_window_logits(model: Fusioner, pixels: torch.Tensor, text_embeddings
     text = text_embeddings.to(device)
     for h0, h1, w0, w1 in windows:
         crop = pad_to(padded[:, :, h0:h1, w0:w1], s, options.pad_value)
-        out = _window_logits(model, crop, text, options.mode)
+        tokens = model.encode_image(crop)
+        if keep is not None and "first_window_tokens" not in keep:
+            keep["first_window_tokens"] = tokens
+        out = _window_logits(model, tokens, text, options.mode)
         total[:, :, h0:h1, w0:w1] += out[:, :, : h1 - h0, : w1 - w0]
         count[:, :, h0:h1, w0:w1] += 1
     return (total / count)[:, :, :h, :w], windows
@@ -178,7 +219,7 @@ def predict_labels(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     return torch.cat([background, probs], dim=-3).argmax(dim=-3)
 
 
-def segment(model: Fusioner, image, class_names: Sequence[str], options: SegmentOptions = SegmentOptions(),
+def segment(model: WindowGraphs, image, class_names: Sequence[str], options: SegmentOptions = SegmentOptions(),
             *, text_cache: Optional[TextEmbeddingCache] = None) -> FusionerSegmentation:
     """Segment one RGB uint8 (H, W, 3) image with the official protocol.
 
@@ -195,11 +236,13 @@ def segment(model: Fusioner, image, class_names: Sequence[str], options: Segment
     elif text_cache.model is not model:
         raise FusionerInputError("text_cache belongs to another model; create one per model")
     text = text_cache.embed(names)
-    logits, windows = sliding_window_logits(model, pixels, text, options)
+    kept: dict = {}
+    logits, windows = sliding_window_logits(model, pixels, text, options, keep=kept)
     logits = logits[0].cpu()
     labels = predict_labels(logits, options.threshold)
     if options.mode == "per-class":
         masks = torch.sigmoid(logits) > options.threshold
     else:
         masks = F.one_hot(labels, len(names) + 1)[..., 1:].permute(2, 0, 1).bool()
-    return FusionerSegmentation(names, options.mode, logits, masks, labels, windows)
+    return FusionerSegmentation(names, options.mode, logits, masks, labels, windows, text.cpu(),
+                                kept["first_window_tokens"].cpu())

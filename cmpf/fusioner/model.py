@@ -211,6 +211,10 @@ class Fusioner(nn.Module):
         self.img_model.requires_grad_(False)
         self.eval()
 
+    @property
+    def device(self) -> torch.device:
+        return self.fusion.cls_emb.device
+
     # -- visual encoder graph -----------------------------------------------------------------
     def encode_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised window → (B, N, D) last-layer patch tokens, ``ln_post`` then ``@ proj``.

@@ -1,0 +1,219 @@
+"""Fusioner export (ONNX; AOTInductor under ``slow``) and ``cmpf run`` on ``tiny-fusioner``.
+
+Each exported graph is compared with the eager wrapper at sizes other than the trace sizes (batch and
+K of 1, as per-class inference uses them, and larger) within the ``("onnxruntime", "fp32")`` row of
+``cmpf.tolerances``; ``cmpf run --artifacts`` through ONNX Runtime is compared with the eager
+``segment`` of the same weights; bad input ends in one line before anything is written.
+One ONNX export per session (~25 s on 2 cores), shared by the tests here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmpf.fusioner.graphs import FUSION_DECODER, GRAPH_NAMES, TEXT_ENCODER, VISUAL_ENCODER, graph_specs
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = "cat;dog;diningtable"
+# (graph, sizes) pairs none of which is the trace's (batch 2, K 3, "cat")
+SIZES = [(VISUAL_ENCODER, {"batch": 1}), (VISUAL_ENCODER, {"batch": 3}), (TEXT_ENCODER, {"class_name": "dog"}),
+         (TEXT_ENCODER, {"class_name": "pottedplant"}), (FUSION_DECODER, {"batch": 1, "num_classes": 1}),
+         (FUSION_DECODER, {"batch": 3, "num_classes": 2}), (FUSION_DECODER, {"batch": 1, "num_classes": 5})]
+
+
+def _export(model, out, formats):
+    from cmpf.export.api import ExportConfig
+    from cmpf.fusioner.export import export_fusioner
+
+    with pytest.warns(UserWarning, match="random weights"):
+        export_fusioner(ExportConfig("tiny-fusioner", str(out), formats=formats, classes=CLASSES), model=model,
+                        progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_fusioner, tmp_path_factory):
+    return _export(tiny_fusioner, tmp_path_factory.mktemp("fusioner-export") / "tiny-fusioner", ("onnx",))
+
+
+@pytest.fixture(scope="module")
+def image_224x300(tmp_path_factory):
+    """A 224×300 RGB image with structure: two windows, one overlap."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 80, size=(224, 300, 3), dtype=np.uint8)
+    img[:, 150:] += np.array([150, 100, 40], dtype=np.uint8)
+    path = tmp_path_factory.mktemp("fusioner-images") / "scene.png"
+    Image.fromarray(img).save(path)
+    return path, img
+
+
+def _compare_graphs(model, manifest, backend):
+    from cmpf.fusioner.graphs import call_graph, example_inputs, graph_module
+    from cmpf.runtime import load_runner
+    from cmpf.tolerances import REL, rel_error
+
+    bound = REL[(backend, "fp32")]
+    fmt = {"onnxruntime": "onnx", "aoti": "aoti"}[backend]
+    runners = {g: load_runner(backend, manifest.artifact(g, fmt)) for g in GRAPH_NAMES}
+    for graph, sizes in SIZES:
+        spec = graph_specs(model.cfg)[graph]
+        inputs = example_inputs(spec, seed=3, **sizes)
+        expected = call_graph(graph_module(model, graph), spec, inputs)
+        actual = runners[graph](inputs)
+        for name, ref in expected.items():
+            assert actual[name].shape == ref.shape, (graph, sizes, name)
+            err = rel_error(actual[name], ref)
+            assert err <= bound, f"{graph} {sizes} {name}: {err:.2e} > {bound}"
+
+
+def test_manifest_is_the_cmpf_format_with_the_fusioner_family(onnx_export):
+    from cmpf.fusioner.manifest import FusionerManifest
+    from cmpf.manifest import ArtifactError, Manifest, manifest_family
+
+    data = json.loads((onnx_export / "manifest.json").read_text())
+    cmpf_keys = {"format_version", "model", "inference", "preprocessing", "vocabulary", "weights", "spec_args",
+                 "graphs", "producer", "export", "files"}
+    assert set(data) == cmpf_keys | {"family"} and data["family"] == "fusioner"
+    assert data["inference"]["mode"] == "per-class" and data["preprocessing"]["window_stride"] == 149
+    assert manifest_family(onnx_export) == "fusioner"
+    manifest = FusionerManifest.read(onnx_export)
+    assert manifest.model.name == "tiny-fusioner" and manifest.vocabulary.names == ["cat", "dog", "diningtable"]
+    assert set(manifest.graphs) == set(GRAPH_NAMES)
+    assert sorted(manifest.files) == sorted([f"{g}.fp32.onnx" for g in GRAPH_NAMES] + ["weights.pth"])
+    for g in GRAPH_NAMES:  # the export-time ONNX Runtime check at batch 1 / K 1
+        assert max(manifest.graphs[g].files["onnx"].verified_rel_error.values()) <= 1e-4
+    with pytest.raises(ArtifactError, match="a fusioner export"):
+        Manifest.read(onnx_export)  # CMPF's reader refuses it in one line
+
+
+def test_onnx_graphs_match_eager(tiny_fusioner, onnx_export):
+    from cmpf.fusioner.manifest import FusionerManifest
+
+    _compare_graphs(tiny_fusioner, FusionerManifest.read(onnx_export), "onnxruntime")
+
+
+def test_changed_file_is_refused(onnx_export, tmp_path):
+    from cmpf.fusioner.manifest import FusionerManifest
+    from cmpf.manifest import ArtifactError
+
+    copy = shutil.copytree(onnx_export, tmp_path / "copy")
+    with open(copy / f"{FUSION_DECODER}.fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        FusionerManifest.read(copy).artifact(FUSION_DECODER, "onnx")
+
+
+@pytest.mark.parametrize("mode", ["per-class", "joint"])
+def test_run_artifacts_matches_eager_segment(tiny_fusioner, onnx_export, image_224x300, tmp_path, mode, capsys):
+    from cmpf.cli import main
+    from cmpf.fusioner import SegmentOptions, segment
+    from cmpf.tolerances import MASK_IOU, REL, rel_error
+
+    path, img = image_224x300
+    out, dump = tmp_path / "out", tmp_path / "t.npz"
+    assert main(["run", str(path), "--artifacts", str(onnx_export), "--out", str(out), "--mode", mode,
+                 "--dump-tensors", str(dump), "--no-progress"]) == 0
+    assert f"{mode} mode, onnxruntime backend" in capsys.readouterr().out
+    ref = segment(tiny_fusioner, img, ["cat", "dog", "diningtable"], SegmentOptions(mode=mode))
+    with np.load(dump) as z:
+        t = {k: z[k] for k in z.files}
+    assert t["text_embeddings"].shape == (3, 32) and t["visual_tokens"].shape == (1, 256, 32)
+    assert t["logits"].shape == t["masks"].shape == (3, 224, 300) and t["masks"].dtype == bool
+    assert str(t["mode"]) == mode and list(t["class_names"]) == ["cat", "dog", "diningtable"]
+    assert rel_error(t["text_embeddings"], ref.text_embeddings) <= REL[("onnxruntime", "fp32")]
+    assert rel_error(t["visual_tokens"], ref.first_window_tokens) <= REL[("onnxruntime", "fp32")]
+    assert rel_error(t["logits"], ref.logits) <= REL[("onnxruntime", "fp32")]
+    for k in range(3):
+        a, b = t["masks"][k], ref.masks[k].numpy()
+        union = (a | b).sum()
+        assert union == 0 or (a & b).sum() / union >= MASK_IOU
+    # the files say the same as the dump
+    results = json.loads((out / "fusioner.json").read_text())
+    assert results["mode"] == mode and results["classes"] == ["cat", "dog", "diningtable"]
+    semantic = np.array(Image.open(out / "semantic" / "scene.png"))
+    np.testing.assert_array_equal(semantic, t["labels"])
+    for k, name in enumerate(results["classes"]):
+        mask = np.array(Image.open(out / results["images"][0]["masks"][name]))
+        np.testing.assert_array_equal(mask > 0, t["masks"][k])
+    if mode == "per-class":  # independent binary decisions (sigmoid > 0.5 strict), as the official evaluation
+        np.testing.assert_array_equal(t["masks"], t["logits"] > 0)
+    else:  # one label per pixel: the masks are the semantic map's one-hot
+        np.testing.assert_array_equal(t["masks"], t["labels"][None] == np.arange(1, 4)[:, None, None])
+
+
+def test_text_encoder_runs_once_per_class_name(onnx_export, image_224x300, tmp_path):
+    from cmpf.fusioner.run import FusionerRunConfig, run_fusioner
+
+    path, img = image_224x300
+    second = tmp_path / "second.png"
+    Image.fromarray(img[:, ::-1].copy()).save(second)
+    result = run_fusioner(FusionerRunConfig((str(path), str(second)), str(tmp_path / "out"),
+                                            artifacts=str(onnx_export), classes="cat;dog"), progress=False)
+    assert result.images == 2 and result.text_encoder_calls == 2  # 2 names × 2 images: once per name
+
+
+def _fails(argv, capsys, match):
+    from cmpf.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+
+
+def test_bad_input_is_one_line_before_anything_is_written(onnx_export, image_224x300, tmp_path, capsys):
+    path, img = image_224x300
+    small = tmp_path / "small.png"
+    Image.fromarray(img[:200]).save(small)
+    out = tmp_path / "out"
+    run = ["run", "--artifacts", str(onnx_export), "--out", str(out), "--no-progress"]
+    _fails(run[:1] + [str(small)] + run[1:], capsys, "smaller than one 224x224 window")
+    _fails(run[:1] + [str(path)] + run[1:] + ["--classes", ";"], capsys, "K=0")
+    _fails(run[:1] + [str(path)] + run[1:] + ["--classes", "cat " * 80], capsys, "CLIP takes at most 77")
+    _fails(run[:1] + [str(path)] + run[1:] + ["--classes", "dog,puppy"], capsys, "one name per class")
+    _fails(run[:1] + [str(path)] + run[1:] + ["--sam-ensemble"], capsys, "CMPF / FC-CLIP options")
+    _fails(["run", str(path), "--model", "tiny-fusioner", "--out", str(out), "--classes", "cat", "--backend",
+            "onnxruntime"], capsys, "runs exported files")
+    assert not out.exists()
+
+
+def test_model_run_uses_the_eager_model(image_224x300, tmp_path, capsys):
+    from cmpf.cli import main
+
+    path, _ = image_224x300
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--model", "tiny-fusioner", "--classes", "cat", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "per-class mode, torch backend" in capsys.readouterr().out
+    assert json.loads((out / "fusioner.json").read_text())["source"]["model"] == "tiny-fusioner"
+
+
+def test_export_refuses_cmpf_options(tmp_path, capsys):
+    _fails(["export", "--model", "tiny-fusioner", "--out", str(tmp_path / "x"), "--things", "cat"], capsys,
+           "CMPF / FC-CLIP options")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_aoti_graphs_and_run_match_eager(tiny_fusioner, image_224x300, tmp_path, capsys):
+    """AOTInductor compile of the three graphs takes ~90 s on 2 cores, hence ``slow``."""
+    from cmpf.cli import main
+    from cmpf.fusioner import segment
+    from cmpf.fusioner.manifest import FusionerManifest
+    from cmpf.tolerances import REL, rel_error
+
+    out = _export(tiny_fusioner, tmp_path / "aoti", ("aoti",))
+    _compare_graphs(tiny_fusioner, FusionerManifest.read(out), "aoti")
+    path, img = image_224x300
+    dump = tmp_path / "t.npz"
+    assert main(["run", str(path), "--artifacts", str(out), "--backend", "aoti", "--out", str(tmp_path / "o"),
+                 "--dump-tensors", str(dump), "--no-progress"]) == 0
+    with np.load(dump) as z:
+        logits = z["logits"]
+    ref = segment(tiny_fusioner, img, ["cat", "dog", "diningtable"])
+    assert rel_error(logits, ref.logits) <= REL[("aoti", "fp32")]
