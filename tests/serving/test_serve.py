@@ -134,3 +134,18 @@ def test_bad_requests_get_one_clear_message_and_the_server_goes_on(server, image
     seg, _ = client.segment(images[0].read_bytes(), parse_class_list(exported.CLASSES))  # still serving
     assert tuple(seg.panoptic.shape) == (48, 64)
     client.close()
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_without_errors(artifacts, tmp_path):
+    """``benchmarks/serve_load.py`` end to end on two clients x two requests (its own server)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "load.json"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "serve_load.py"), str(artifacts), "--clients", "2",
+                    "--requests", "2", "--warmup", "1", "--size", "48x64", "--out", str(out)], check=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and report["requests_ok"] == 4 and report["latency_ms"]["p99"] > 0
