@@ -140,7 +140,8 @@ def main() -> None:
     report = {
         "schema": "cmpf.serve_load/1", "model": model, "backend": args.backend, "clients": args.clients,
         "requests_per_client": args.requests, "max_batch": args.max_batch, "instances": args.instances,
-        "image_hw": [h, w], "resize": args.resize, "requests_ok": len(latencies), "errors": len(errors) + len(warm_errors),
+        "image_hw": [h, w], "resize": args.resize, "requests_ok": len(latencies),
+        "errors": len(errors) + len(warm_errors),
         "error_messages": sorted(set(errors + warm_errors))[:10], "wall_s": round(wall, 2),
         "throughput_rps": round(len(latencies) / wall, 2),
         "latency_ms": {q: round(float(np.percentile(ms, v)), 1) for q, v in (("p50", 50), ("p90", 90), ("p99", 99))}

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "print what this machine offers, or lint ONNX files for TensorRT (--onnx)"),
     "serve": ("serve", "serve exported artifacts with Triton Inference Server (model cmpf_segment)"),
     "client": ("client", "segment images on a running `cmpf serve` and write what `cmpf run` writes"),
+    "triton-repo": ("triton_repo", "write a Triton Inference Server model repository of an artifact directory"),
 }
 ALIASES = {"check-env": "doctor"}  # the name STYLE.md used first; `cmpf --help` lists it beside doctor
 

@@ -12,8 +12,9 @@ def add(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--url", default="localhost:8000",
                    help="the server's HTTP (or, with --protocol grpc, gRPC) address (default: localhost:8000)")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="transport to the server (default: http)")
-    common.add_vocabulary(p, train=False, default=" (default: the server's, recorded at export)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http",
+                   help="transport to the server (default: http)")
+    common.add_vocabulary(p, train=False, default=" (default: the server's, the export's)")
     p.add_argument("--out", default="out", help="output directory (default: out)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="seconds to wait for each answer (default: 120)")

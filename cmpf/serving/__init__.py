@@ -5,6 +5,8 @@
     model.py        the Python-backend model: requests → ``Predictor.segment`` → responses (runs in the stub)
     server.py       ``TritonServer``: start / stop a ``tritonserver`` process; ``serve`` (``cmpf serve``)
     client.py       ``SegmentClient`` (tritonclient) and ``client_run`` (``cmpf client``)
+    triton_repo.py  a repository for a standalone server: one model per graph + ``cmpf_segment`` over BLS
+    bls.py          ``BlsRunner`` (a Runner whose call is a BLS request) and Python-backend graph models
 
 The server is the ``tritonserver`` binary (Triton 2.45) bundled in the ``nvidia-pytriton`` wheel,
 with its Python backend; the model runs ``cmpf.predictor`` inside the backend's stub process. Why

@@ -2,7 +2,8 @@
 
 Loaded by the backend's stub process (``triton_python_backend_utils`` exists only there); the
 model directory's ``model.py`` re-exports ``TritonPythonModel`` from here. ``initialize`` loads the
-predictor named by the model config's parameters (artifacts, backend, device, resize, limits); ``execute``
+predictor named by the model config's parameters (artifacts, backend, device, resize, limits; or,
+in a repository of ``cmpf triton-repo``, BLS runners over its graph models); ``execute``
 gets the requests the dynamic batcher gathered, decodes each one on its own (a bad request gets its
 own 400-style error and the others go on), segments the good ones with one pipeline call per
 vocabulary and image size, and answers each. The predictor's text cache keeps one text classifier
@@ -19,7 +20,9 @@ from typing import Optional
 
 import torch
 
+from cmpf.backend import Backend
 from cmpf.errors import CmpfError, InputError
+from cmpf.manifest import Manifest
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.preprocess import check_image_size, load_image
 from cmpf.serving.protocol import parse_vocabulary, result_record
@@ -32,8 +35,17 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.max_pixels = int(params["max_pixels"])
         self.max_image_bytes = int(params["max_image_bytes"])
-        source = ModelSource(artifacts=params["artifacts"], precision=params.get("precision") or None)
-        self.predictor: Predictor = load_predictor(source, params["backend"], params.get("device", "cpu"))
+        artifacts = Path(args["model_repository"]) / params["artifacts"]  # a relative path: in the model's directory
+        device = params.get("device", "cpu")
+        if params.get("runners", "local") == "bls":  # a repository's graph models (cmpf.serving.triton_repo)
+            from cmpf.serving.bls import bls_runners
+
+            manifest = Manifest.read(artifacts)
+            self.predictor = Predictor(bls_runners(manifest), manifest.model, Backend.parse(params["backend"]),
+                                       options=manifest.inference, vocabulary=manifest.vocabulary, device=device)
+        else:
+            source = ModelSource(artifacts=str(artifacts), precision=params.get("precision") or None)
+            self.predictor = load_predictor(source, params["backend"], device)
         resize = {"": None, "true": True, "false": False}[params.get("resize", "")]
         self.options = options_with(self.predictor.options, resize=resize)
 

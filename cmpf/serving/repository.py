@@ -23,9 +23,6 @@ from cmpf.serving.protocol import INPUTS, MODEL_NAME, OUTPUTS, WireTensor
 SERVABLE = (Backend.ONNXRUNTIME, Backend.OPENVINO, Backend.AOTI, Backend.TENSORRT)
 DEFAULT_MAX_IMAGE_BYTES = 32 << 20
 
-# the model directory's model.py: the backend loads this file; the model lives in the package
-_MODEL_PY = '"""cmpf_segment: see cmpf/serving/model.py."""\nfrom cmpf.serving.model import TritonPythonModel  # noqa: F401\n'
-
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -68,8 +65,19 @@ def _tensor(message, spec: WireTensor, m) -> None:
     message.dims.extend(spec.dims)
 
 
-def model_config(cfg: ServeConfig):
-    """The ``cmpf_segment`` model's ``ModelConfig`` message."""
+def python_model_py(module: str, name: str) -> str:
+    """The ``model.py`` of a Python-backend model directory: the backend loads it; the model lives in cmpf."""
+    return f'"""A cmpf model: see {module}."""\nfrom {module} import {name} as TritonPythonModel  # noqa: F401\n'
+
+
+def model_config(cfg: ServeConfig, *, artifacts: Optional[str] = None, runners: str = "local"):
+    """The ``cmpf_segment`` model's ``ModelConfig`` message.
+
+    Args:
+        artifacts: the artifact directory as the model finds it (relative: to the model's directory);
+            default ``cfg.artifacts``, absolute.
+        runners: ``local`` (the predictor's own runners) or ``bls`` (graph models of the repository).
+    """
     import tritonclient.grpc.model_config_pb2 as m
 
     config = m.ModelConfig(name=MODEL_NAME, backend="python", max_batch_size=cfg.max_batch)
@@ -82,7 +90,8 @@ def model_config(cfg: ServeConfig):
     config.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
     kind = m.ModelInstanceGroup.KIND_GPU if cfg.device.startswith("cuda") else m.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=cfg.instances)
-    params = {"artifacts": str(Path(cfg.artifacts).resolve()), "backend": cfg.backend.value, "device": cfg.device,
+    params = {"artifacts": artifacts or str(Path(cfg.artifacts).resolve()), "runners": runners,
+              "backend": cfg.backend.value, "device": cfg.device,
               "precision": cfg.precision or "", "resize": {None: "", True: "true", False: "false"}[cfg.resize],
               "max_pixels": str(cfg.max_pixels),
               "max_image_bytes": str(cfg.max_image_bytes)}
@@ -97,5 +106,5 @@ def write_segment_model(repo: str | Path, cfg: ServeConfig) -> Path:
 
     model_dir = Path(repo) / MODEL_NAME
     write_text(model_dir / "config.pbtxt", text_format.MessageToString(model_config(cfg)))
-    write_text(model_dir / "1" / "model.py", _MODEL_PY)
+    write_text(model_dir / "1" / "model.py", python_model_py("cmpf.serving.model", "TritonPythonModel"))
     return model_dir

@@ -62,8 +62,10 @@ def server_env() -> dict[str, str]:
 class TritonServer:
     """A ``tritonserver`` process serving ``cmpf_segment``; a context manager (``start`` / ``stop``)."""
 
-    def __init__(self, cfg: ServeConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ServeConfig, repository: Optional[str | Path] = None):
+        """``repository``: serve this model repository (``cmpf triton-repo``) instead of writing one for ``cfg``
+        (whose ports, limits and timeout still apply)."""
+        self.cfg, self.repository = cfg, repository
         self.workspace: Optional[Path] = None
         self.process: Optional[subprocess.Popen] = None
 
@@ -88,9 +90,11 @@ class TritonServer:
         for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
             (backends / name).symlink_to(root / "backends" / "python" / name)
         shutil.copy(_stub(root), backends / "triton_python_backend_stub")
-        write_segment_model(self.workspace / "models", self.cfg)
+        models = Path(self.repository).resolve() if self.repository else self.workspace / "models"
+        if not self.repository:
+            write_segment_model(models, self.cfg)
         cfg = self.cfg
-        command = [str(root / "bin" / "tritonserver"), f"--model-repository={self.workspace / 'models'}",
+        command = [str(root / "bin" / "tritonserver"), f"--model-repository={models}",
                    f"--backend-directory={self.workspace / 'backends'}", f"--http-port={cfg.http_port}",
                    f"--grpc-port={cfg.grpc_port}", f"--metrics-port={cfg.metrics_port}",
                    "--exit-timeout-secs=10", "--strict-readiness=true"]
