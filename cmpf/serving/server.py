@@ -52,6 +52,12 @@ def server_env() -> dict[str, str]:
     """The environment of the server process (see the module docstring)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / soname).is_file():
+        raise EnvironmentProblem(f"{sys.executable} has no shared libpython in {libdir}; the Triton Python backend "
+                                 f"stub needs this interpreter's own (another release's breaks it, pytriton issue "
+                                 f"#51): use a Python built with --enable-shared (pyenv: "
+                                 f"PYTHON_CONFIGURE_OPTS=--enable-shared)")
     libs = Path(triton_install()).parent.parent / "nvidia_pytriton.libs"
     paths = [libdir, str(libs)] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
     env["LD_LIBRARY_PATH"] = ":".join(paths)
