@@ -45,7 +45,7 @@ def check_image_size(h: int, w: int, name: str, max_pixels: int = DEFAULT_MAX_PI
 
 
 def _to_rgb(img: Image.Image, name: str) -> Image.Image:
-    """Convert where it is safe (grayscale, palette, 16-bit grayscale, opaque RGBA, CMYK)."""
+    """Convert where it is safe (grayscale, palette, 16-bit grayscale, RGBA / LA without their alpha, CMYK)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("1", "L", "P", "CMYK", "YCbCr"):
@@ -57,9 +57,8 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
             raise ImageError(f"{name}: 32-bit integer pixels are not supported")
         return Image.fromarray(np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA"):
-        alpha = np.asarray(img.getchannel("A"))
-        if alpha.min() < 255:
-            raise ImageError(f"{name}: image has transparent pixels; flatten it onto a background first")
+        # the colour channels as stored, alpha dropped: what detectron2's read_image gives the official
+        # model (PIL's convert), so a translucent image segments as it does there
         return img.convert("RGB")
     raise ImageError(f"{name}: unsupported pixel format {img.mode!r}")
 

@@ -95,8 +95,6 @@ def inputs(tmp_path_factory) -> Path:
     png_header_only(d / "bomb.png", 30000, 30000)
     save_png(d / "thin.png", random_image(5, 1000))
     save_png(d / "dot.png", random_image(2, 2))
-    rgba = np.dstack([random_image(20, 20), np.full((20, 20), 100, np.uint8)])
-    save_png(d / "transparent.png", rgba)
     (d / "vocab.txt").write_text("cat\ndog,puppy\nsky\n")
     (d / "checkpoint_junk.pth").write_bytes(os.urandom(1000))
     return d

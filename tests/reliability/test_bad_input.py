@@ -92,8 +92,6 @@ CASES = [
      ["thin.png", "aspect ratio"]),
     ("run-image-below-minimum-size-exit2", lambda t, i, w, a: [*RUN, i / "dot.png", "--out", t / "o"], 2,
      ["dot.png", "too small"]),
-    ("run-transparent-image-exit2", lambda t, i, w, a: [*RUN, i / "transparent.png", "--out", t / "o"], 2,
-     ["transparent"]),
     ("run-bad-second-image-writes-nothing-exit2",
      lambda t, i, w, a: [*RUN, i / "a.png", i / "junk.png", "--out", t / "o"], 2, ["junk.png"]),
     # -- cmpf run: vocabulary ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Odd but valid images keep working: 16-bit, CMYK, palette, opaque alpha, grayscale, EXIF-rotated,
+"""Odd but valid images keep working: 16-bit, CMYK, palette, alpha (opaque or not), grayscale, EXIF-rotated,
 animated (first frame) and unicode file names, through ``load_image`` and through ``cmpf run``."""
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def _odd_images(d):
     files["palette.png"] = (24, 32)
     Image.fromarray(np.dstack([rgb, np.full((24, 32), 255, np.uint8)])).save(d / "opaque_alpha.png")
     files["opaque_alpha.png"] = (24, 32)
+    Image.fromarray(np.dstack([rgb, np.arange(24 * 32, dtype=np.uint8).reshape(24, 32)])).save(d / "translucent.png")
+    files["translucent.png"] = (24, 32)
+    Image.fromarray(np.dstack([rgb[..., 1], np.full((24, 32), 7, np.uint8)]), "LA").save(d / "gray_alpha.png")
+    files["gray_alpha.png"] = (24, 32)
     Image.fromarray(rgb[..., 0]).save(d / "gray.png")
     files["gray.png"] = (24, 32)
     exif = Image.Exif()
@@ -49,6 +53,10 @@ def test_odd_formats_load_as_uint8_rgb_in_display_orientation(odd):
         image = load_image(d / name)
         assert image.dtype == torch.uint8 and tuple(image.shape) == (3, h, w), name
     assert load_image(d / "deep16.png").max() == round(767 * 60 / 257)  # 16-bit range scaled to 8 bits
+    rgb = np.asarray(Image.open(d / "opaque_alpha.png"))[..., :3]
+    # alpha dropped, the colours kept as stored (detectron2's read_image, so the official model's input)
+    assert np.array_equal(load_image(d / "translucent.png").permute(1, 2, 0).numpy(), rgb)
+    assert (load_image(d / "gray_alpha.png").numpy() == rgb[..., 1]).all()
     first = np.asarray(Image.open(d / "animated.gif").convert("RGB"))
     assert np.array_equal(load_image(d / "animated.gif").permute(1, 2, 0).numpy(), first)
 
