@@ -73,7 +73,7 @@ def main(args) -> int:
 
 def _run_fusioner(args) -> int:
     from cmpf.errors import InputError
-    from cmpf.fusioner.run import FusionerRunConfig, run_fusioner
+    from cmpf.fusioner.run import FusionerRunConfig, FusionerSource, run_fusioner
 
     cmpf_only = [flag for flag, given in (("--coco-json", args.coco_json), ("--no-resize", args.resize is False),
                                           ("--batch", args.batch != 1), ("--sam-ensemble", args.sam_ensemble),
@@ -83,9 +83,9 @@ def _run_fusioner(args) -> int:
     if cmpf_only:
         raise InputError(f"{', '.join(cmpf_only)}: CMPF / FC-CLIP options; a Fusioner run takes --classes / --vocab, "
                          f"--mode, --backend, --precision, --dump-tensors; drop them")
-    cfg = FusionerRunConfig(images=tuple(args.images), out_dir=args.out, model=args.model, checkpoint=args.checkpoint,
-                            clip_weights=args.clip_weights, artifacts=args.artifacts, backend=args.backend,
-                            precision=args.precision, vocab=args.vocab, classes=args.classes, mode=args.mode,
-                            dump_tensors=args.dump_tensors, device=args.device)
+    source = FusionerSource(model=args.model, checkpoint=args.checkpoint, clip_weights=args.clip_weights,
+                            artifacts=args.artifacts, backend=args.backend, precision=args.precision, device=args.device)
+    cfg = FusionerRunConfig(images=tuple(args.images), out_dir=args.out, source=source, vocab=args.vocab,
+                            classes=args.classes, mode=args.mode, dump_tensors=args.dump_tensors)
     print(run_fusioner(cfg, progress=not args.no_progress).summary())
     return 0

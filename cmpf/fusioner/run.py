@@ -42,19 +42,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
-class FusionerRunConfig:
-    images: tuple[str, ...]  # image files or folders of images (not recursive)
-    out_dir: str
+class FusionerSource:
+    """Where the graphs come from and what runs them (``cmpf run``, ``cmpf eval`` and the benchmark)."""
+
     model: Optional[str] = None  # a Fusioner preset (with checkpoint / clip_weights), or
     checkpoint: Optional[str] = None
     clip_weights: Optional[str] = None
     artifacts: Optional[str] = None  # a Fusioner artifact directory
-    backend: Optional[str] = None  # default: torch with --model, onnxruntime with --artifacts
+    backend: Optional[str] = None  # default: torch with a preset, onnxruntime with artifacts
     precision: Optional[str] = None  # artifacts only, as cmpf.manifest.Manifest.runtime_plan
-    vocab: Optional[str] = None
-    classes: Optional[str] = None  # 'cat;dog' (default with artifacts: the exported vocabulary)
-    mode: Optional[Mode] = None  # default: the manifest's, else per-class (the official evaluation)
-    dump_tensors: Optional[str] = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -63,6 +59,22 @@ class FusionerRunConfig:
         if self.artifacts and (self.checkpoint or self.clip_weights):
             raise InputError(f"--artifacts {self.artifacts} carries its own weights; drop --checkpoint / "
                              f"--clip-weights")
+
+    def manifest(self) -> Optional[FusionerManifest]:
+        return FusionerManifest.read(self.artifacts) if self.artifacts else None
+
+
+@dataclass(frozen=True)
+class FusionerRunConfig:
+    images: tuple[str, ...]  # image files or folders of images (not recursive)
+    out_dir: str
+    source: FusionerSource
+    vocab: Optional[str] = None
+    classes: Optional[str] = None  # 'cat;dog' (default with artifacts: the exported vocabulary)
+    mode: Optional[Mode] = None  # default: the manifest's, else per-class (the official evaluation)
+    dump_tensors: Optional[str] = None
+
+    def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in ("per-class", "joint"):
             raise InputError(f"--mode must be per-class or joint, got {self.mode!r}")
 
@@ -104,42 +116,35 @@ class RunnerGraphs:
         return self.runners[FUSION_DECODER](inputs)["mask_logits"]
 
 
-def load_graphs(cfg: FusionerRunConfig, manifest: Optional[FusionerManifest] = None,
+def load_graphs(source: FusionerSource, manifest: Optional[FusionerManifest] = None,
                 ) -> tuple[RunnerGraphs, SegmentOptions, Backend]:
-    """Runners of the three graphs for ``cfg``'s source and backend, and the run's options.
+    """Runners of the three graphs of ``source``, and its default options (the manifest's, else the official).
 
     Args:
-        manifest: ``cfg.artifacts``'s, when already read.
+        manifest: ``source.artifacts``'s, when already read.
     """
-    if cfg.model:
-        backend = Backend.parse(cfg.backend or "torch")
+    if source.model:
+        backend = Backend.parse(source.backend or "torch")
         if backend is not Backend.TORCH:
             raise InputError(f"--backend {backend} runs exported files; export them (`cmpf export --model "
-                             f"{cfg.model} --out DIR`) and run with --artifacts DIR, or use --backend torch")
-        if cfg.precision and cfg.precision != "fp32":
-            raise InputError(f"--precision {cfg.precision} runs an artifact directory's files; give --artifacts DIR")
-        model_cfg, manifest, options = get_config(cfg.model), None, SegmentOptions()
+                             f"{source.model} --out DIR`) and give --artifacts DIR, or use --backend torch")
+        if source.precision and source.precision != "fp32":
+            raise InputError(f"--precision {source.precision} runs an artifact directory's files; give --artifacts")
+        model_cfg, options = get_config(source.model), SegmentOptions()
     else:
-        manifest = manifest or FusionerManifest.read(cfg.artifacts)
+        manifest = manifest or source.manifest()
         manifest.require_all_graphs()
-        backend = Backend.parse(cfg.backend or "onnxruntime")
+        backend = Backend.parse(source.backend or "onnxruntime")
         model_cfg, options = manifest.model, manifest.inference
-    if cfg.mode:
-        options = dataclasses.replace(options, mode=cfg.mode)
-    return _runners(cfg, model_cfg, manifest, backend), options, backend
-
-
-def _runners(cfg: FusionerRunConfig, model_cfg: FusionerConfig, manifest: Optional[FusionerManifest],
-             backend: Backend) -> RunnerGraphs:
     if backend is Backend.TORCH:
-        if manifest is not None and cfg.precision and cfg.precision != "fp32":
-            raise InputError(f"--precision {cfg.precision}: the torch backend runs the fp32 eager model")
-        checkpoint = manifest.weights_path() if manifest is not None else cfg.checkpoint
-        model = build_model(model_cfg, checkpoint, cfg.clip_weights).to(cfg.device)
+        if source.precision and source.precision != "fp32":
+            raise InputError(f"--precision {source.precision}: the torch backend runs the fp32 eager model")
+        checkpoint = manifest.weights_path() if manifest is not None else source.checkpoint
+        model = build_model(model_cfg, checkpoint, source.clip_weights).to(source.device)
         runners = {g: FusionerTorchRunner(model, g) for g in graph_specs(model_cfg)}
     else:
-        runners = load_runners(manifest, backend, cfg.device, cfg.precision)
-    return RunnerGraphs(runners, model_cfg, cfg.device)
+        runners = load_runners(manifest, backend, source.device, source.precision)
+    return RunnerGraphs(runners, model_cfg, source.device), options, backend
 
 
 def class_names(cfg: FusionerRunConfig, manifest: Optional[FusionerManifest]) -> tuple[str, ...]:
@@ -198,12 +203,14 @@ def run_fusioner(cfg: FusionerRunConfig, progress: bool = True) -> FusionerRunRe
     start = time.perf_counter()
     out = check_output_dir(cfg.out_dir, "--out")
     paths = image_paths(cfg.images)
-    manifest = FusionerManifest.read(cfg.artifacts) if cfg.artifacts else None
-    window = (manifest.model if manifest else get_config(cfg.model)).window_size
+    manifest = cfg.source.manifest()
+    window = (manifest.model if manifest else get_config(cfg.source.model)).window_size
     for path in paths:
         check_image_size(path, window)
     names = class_names(cfg, manifest)
-    graphs, options, backend = load_graphs(cfg, manifest)
+    graphs, options, backend = load_graphs(cfg.source, manifest)
+    if cfg.mode:
+        options = dataclasses.replace(options, mode=cfg.mode)
     cache = TextEmbeddingCache(graphs)
     records = []
     with Staging(last=(RESULTS_NAME,)) as stage:
@@ -218,8 +225,8 @@ def run_fusioner(cfg: FusionerRunConfig, progress: bool = True) -> FusionerRunRe
                 dump_tensors(dump, seg)
         write_json(staged / RESULTS_NAME, {
             "family": "fusioner", "mode": options.mode, "classes": list(names), "backend": str(backend),
-            "source": {"artifacts": cfg.artifacts} if cfg.artifacts else {"model": cfg.model,
-                                                                           "checkpoint": cfg.checkpoint},
+            "source": {"artifacts": cfg.source.artifacts} if cfg.source.artifacts else {
+                "model": cfg.source.model, "checkpoint": cfg.source.checkpoint},
             "inference": dataclasses.asdict(options), "labels": {"0": "background",
                                                                  **{str(k + 1): n for k, n in enumerate(names)}},
             "images": records,

@@ -148,13 +148,14 @@ def test_run_artifacts_matches_eager_segment(tiny_fusioner, onnx_export, image_2
 
 
 def test_text_encoder_runs_once_per_class_name(onnx_export, image_224x300, tmp_path):
-    from cmpf.fusioner.run import FusionerRunConfig, run_fusioner
+    from cmpf.fusioner.run import FusionerRunConfig, FusionerSource, run_fusioner
 
     path, img = image_224x300
     second = tmp_path / "second.png"
     Image.fromarray(img[:, ::-1].copy()).save(second)
-    result = run_fusioner(FusionerRunConfig((str(path), str(second)), str(tmp_path / "out"),
-                                            artifacts=str(onnx_export), classes="cat;dog"), progress=False)
+    source = FusionerSource(artifacts=str(onnx_export))
+    result = run_fusioner(FusionerRunConfig((str(path), str(second)), str(tmp_path / "out"), source, classes="cat;dog"),
+                          progress=False)
     assert result.images == 2 and result.text_encoder_calls == 2  # 2 names × 2 images: once per name
 
 
