@@ -17,7 +17,11 @@ def add(sub) -> None:
                        description="Segment a benchmark dataset and report its metrics (PQ / mIoU / AP).")
     common.add_source(p)
     common.add_backend(p)
-    p.add_argument("--dataset", required=True, metavar="NAME", help="one of: " + ", ".join(DATASETS))
+    p.add_argument("--dataset", required=True, metavar="NAME", help="one of: " + ", ".join(DATASETS)
+                   + "; Fusioner models: pascal-5i, coco-20i")
+    p.add_argument("--fold", type=int, default=0, help="Fusioner: the PASCAL-5i / COCO-20i fold, 0..3 (default: 0)")
+    p.add_argument("--splits", metavar="DIR", help="Fusioner: HSNet's data/splits folder (pascal/val/fold<i>.txt, "
+                                                   "coco/val/fold<i>.pkl)")
     p.add_argument("--data-root", help="datasets root (default $CMPF_DATASETS), laid out as DETECTRON2_DATASETS")
     p.add_argument("--vocab-dir", help="directory with the official *_with_prompt_eng.txt vocabularies")
     p.add_argument("--train-vocab", help="training vocabulary for the seen classes "
@@ -35,6 +39,9 @@ def add(sub) -> None:
 
 
 def main(args) -> int:
+    match common.family(args.model, args.artifacts):
+        case "fusioner":
+            return _eval_fusioner(args)
     import torch.distributed as dist
 
     from cmpf.distributed import init_distributed
@@ -61,4 +68,24 @@ def main(args) -> int:
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def _eval_fusioner(args) -> int:
+    from cmpf.errors import InputError
+    from cmpf.fusioner.evaluate import FusionerEvalConfig, evaluate_fusioner, report_table
+    from cmpf.fusioner.run import FusionerSource
+    from cmpf.io import check_output_file, write_json
+
+    if not (args.data_root and args.splits):
+        raise InputError("a Fusioner eval needs --data-root DIR (the dataset) and --splits DIR (HSNet's data/splits)")
+    if args.out:
+        check_output_file(args.out, "--out")
+    source = FusionerSource(model=args.model, checkpoint=args.checkpoint, clip_weights=args.clip_weights,
+                            artifacts=args.artifacts, backend=args.backend, precision=args.precision, device=args.device)
+    report = evaluate_fusioner(FusionerEvalConfig(args.dataset, args.fold, args.data_root, args.splits, source,
+                                                  args.limit), progress=not args.no_progress)
+    print(report_table(report))
+    if args.out:
+        print(f"wrote {write_json(args.out, report, indent=2)}")
     return 0

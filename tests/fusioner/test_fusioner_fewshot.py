@@ -1,0 +1,135 @@
+"""PASCAL-5i / COCO-20i readers, folds, episode order and the HSNet metric, on generated files; ``cmpf eval``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmpf.data.fewshot import (
+    COCO_CLASSES, PASCAL_CLASSES, base_labels, class_names, episodes, load_episode, novel_labels, read_coco_pickle,
+    read_pascal_list,
+)
+from cmpf.data.fewshot_metric import FewShotIoU
+from cmpf.errors import InputError
+
+
+def test_folds_are_the_official_ones():
+    names = lambda ds, f: [class_names(ds)[i] for i in novel_labels(ds, f)]  # noqa: E731
+    assert names("pascal-5i", 0) == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
+    assert names("pascal-5i", 3) == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    assert names("coco-20i", 1) == [  # FUSIONER_SPEC §7.1
+        "bicycle", "bus", "trafficlight", "bench", "horse", "bear", "umbrella", "frisbee", "kite", "surfboard", "cup",
+        "bowl", "orange", "pizza", "sofa", "toilet", "remote", "oven", "book", "teddybear"]
+    assert names("coco-20i", 0)[:4] == ["person", "aeroplane", "boat", "parkingmeter"]
+    assert len(PASCAL_CLASSES) == 21 and len(COCO_CLASSES) == 81
+    for ds, n in (("pascal-5i", 20), ("coco-20i", 80)):
+        allnovel = sorted(i for f in range(4) for i in novel_labels(ds, f))
+        assert allnovel == list(range(1, n + 1))  # the folds partition the classes
+        assert set(base_labels(ds, 2)).isdisjoint(novel_labels(ds, 2)) and len(base_labels(ds, 2)) == n * 3 // 4
+    with pytest.raises(InputError, match="fold 4"):
+        novel_labels("pascal-5i", 4)
+
+
+def _pascal(root, splits, rng):
+    """Three val pairs (one image with two fold-0 classes) and train lists without a final newline."""
+    jpg, png = root / "VOCdevkit" / "VOC2012" / "JPEGImages", root / "SegmentationClassAug"
+    jpg.mkdir(parents=True)
+    png.mkdir(parents=True)
+    for name, labels in (("2007_000001", (1, 3)), ("2007_000002", (5,))):
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(jpg / f"{name}.jpg")
+        mask = np.zeros((224, 224), np.uint8)
+        for j, label in enumerate(labels):
+            mask[40 + 80 * j:100 + 80 * j, 30:200] = label
+        mask[:, :3] = 255  # a void border
+        Image.fromarray(mask).save(png / f"{name}.png")
+    (splits / "pascal" / "val").mkdir(parents=True)
+    (splits / "pascal" / "trn").mkdir(parents=True)
+    (splits / "pascal" / "val" / "fold0.txt").write_text("2007_000001__1\n2007_000001__3\n2007_000002__5\n")
+    for f in range(4):
+        (splits / "pascal" / "trn" / f"fold{f}.txt").write_text(f"a{f}__{5 * f + 1}\nb{f}__{5 * f + 2}")
+
+
+def test_pascal_episodes_in_file_order_with_the_official_reader(tmp_path):
+    root, splits = tmp_path / "VOC", tmp_path / "splits"
+    _pascal(root, splits, np.random.default_rng(0))
+    val = episodes("pascal-5i", root, splits, 0)
+    assert [(e.image.name, e.label, e.class_name) for e in val] == [
+        ("2007_000001.jpg", 1, "aeroplane"), ("2007_000001.jpg", 3, "bird"), ("2007_000002.jpg", 5, "bottle")]
+    assert val[0].mask == root / "SegmentationClassAug" / "2007_000001.png"
+    image, gt, ignore = load_episode(val[1])
+    assert image.shape == (224, 224, 3) and gt.sum() == 60 * 170 and ignore.sum() == 224 * 3
+    assert not (gt & ignore).any()
+    # train = the other three folds' lists; each loses its last line (no final newline), as upstream
+    trn = episodes("pascal-5i", root, splits, 0, "trn")
+    assert [e.image.stem for e in trn] == ["a1", "a2", "a3"]
+    assert read_pascal_list(splits / "pascal" / "val" / "fold0.txt")[2] == ("2007_000002", 5)
+
+
+def test_coco_episodes_are_the_first_1000_sorted_pairs_with_the_doubled_folder(tmp_path):
+    splits = tmp_path / "splits"
+    (splits / "coco" / "val").mkdir(parents=True)
+    names = [f"val2014/COCO_val2014_{i:012d}.jpg" for i in range(700)]
+    table = {0: names[::-1], 4: names[100:500] + names[100:110], 8: names[:5]}  # duplicates count once
+    with open(splits / "coco" / "val" / "fold0.pkl", "wb") as f:
+        pickle.dump(table, f)
+    eps = episodes("coco-20i", tmp_path / "coco", splits, 0)
+    pairs = sorted({(n, k) for k, v in table.items() for n in v})
+    assert len(eps) == 1000 and [(e.image.relative_to(tmp_path / "coco" / "val2014").as_posix(), e.label - 1)
+                                  for e in eps] == pairs[:1000]
+    assert eps[0].image == tmp_path / "coco" / "val2014" / "val2014" / "COCO_val2014_000000000000.jpg"
+    assert eps[0].mask == tmp_path / "coco" / "annotation" / "val2014" / "val2014" / "COCO_val2014_000000000000.png"
+    assert {e.class_name for e in eps} == {"person", "aeroplane", "boat"}
+
+
+def test_a_split_pickle_never_runs_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    path = tmp_path / "fold0.pkl"
+    path.write_bytes(pickle.dumps({0: [Evil()]}))
+    with pytest.raises(InputError, match="only plain data"):
+        read_coco_pickle(path)
+
+
+def test_metric_matches_a_hand_count():
+    m = FewShotIoU(21)
+    gt = np.zeros((4, 5), bool)
+    gt[1:3, 1:4] = True  # 6 fg pixels
+    pred = np.zeros_like(gt)
+    pred[1:3, 2:5] = True  # 6 predicted, 4 of them right
+    ignore = np.zeros_like(gt)
+    ignore[0, 4] = ignore[1, 4] = True  # one predicted-fg pixel (1, 4) is ignored
+    assert m.update(pred, gt, ignore, label=3)
+    assert not m.update(pred, np.zeros_like(gt), ignore, label=4)  # empty ground truth: not scored
+    # kept: 18 pixels; fg: inter 4, pred 5, gt 6 → union 7; bg: pred 13, gt 12, inter 11 → union 14
+    assert m.intersection[:, 3].tolist() == [11, 4] and m.union[:, 3].tolist() == [14, 7]
+    m.update(gt, gt, np.zeros_like(gt), label=7)  # a perfect episode of another class
+    r = m.compute()
+    assert r["per_class"] == pytest.approx({3: 4 / 7, 7: 1.0}) and r["miou"] == pytest.approx((4 / 7 + 1) / 2)
+    assert r["fbiou"] == pytest.approx(((11 + 14) / (14 + 14) + (4 + 6) / (7 + 6)) / 2)
+    assert r["episodes"] == 2
+
+
+def test_cmpf_eval_on_generated_pascal(tmp_path, capsys):
+    from cmpf.cli import main
+
+    root, splits = tmp_path / "VOC", tmp_path / "splits"
+    _pascal(root, splits, np.random.default_rng(0))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny-fusioner", "--dataset", "pascal-5i", "--fold", "0", "--data-root",
+                 str(root), "--splits", str(splits), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["episodes_scored"] == 3 and report["mode"] == "per-class" and report["normalisation"] == "pascal"
+    assert set(report["per_class_iou"]) == {"aeroplane", "bird", "bottle"}
+    assert 0 <= report["fbiou"] <= 1 and report["miou"] == pytest.approx(np.mean(list(report["per_class_iou"].values())))
+    assert "mIoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "tiny-fusioner", "--dataset", "pascal-5i", "--fold", "x"])
+    assert main(["eval", "--model", "tiny-fusioner", "--dataset", "pascal-5i", "--fold", "0", "--data-root",
+                 str(tmp_path / "nowhere"), "--splits", str(splits)]) == 2
+    assert "missing" in capsys.readouterr().err
