@@ -133,3 +133,99 @@ def test_cmpf_eval_on_generated_pascal(tmp_path, capsys):
     assert main(["eval", "--model", "tiny-fusioner", "--dataset", "pascal-5i", "--fold", "0", "--data-root",
                  str(tmp_path / "nowhere"), "--splits", str(splits)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def test_schedules_and_parameter_groups_follow_the_recipe(tiny_fusioner):
+    from cmpf.fusioner.train import cosine_schedule, param_groups
+
+    lr = cosine_schedule(1e-3, 2e-6, epochs=510, iters_per_epoch=4, warmup_epochs=10)
+    assert len(lr) == 2040 and lr[0] == 0 and lr[39] == pytest.approx(1e-3)  # linear warm-up over 10 epochs
+    assert lr[40] == pytest.approx(1e-3) and lr[-1] == pytest.approx(2e-6, rel=1e-3)
+    assert np.all(np.diff(lr[40:]) <= 0)
+    wd = cosine_schedule(0.01, 0.4, epochs=510, iters_per_epoch=4)
+    assert wd[0] == pytest.approx(0.01) and wd[-1] == pytest.approx(0.4, rel=1e-4) and np.all(np.diff(wd) >= 0)
+    decayed, plain = param_groups(tiny_fusioner.fusion)
+    names = {id(p): n for n, p in tiny_fusioner.fusion.named_parameters()}
+    assert {"cls_emb", "proj_patch", "proj_classes", "blocks.0.attn.qkv.weight"} <= {names[id(p)]
+                                                                                    for p in decayed["params"]}
+    assert plain["weight_decay"] == 0 and all(names[id(p)].endswith(".bias") or p.dim() == 1
+                                              for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(names)
+
+
+def test_loss_ignores_the_void_pixels():
+    import torch
+
+    from cmpf.fusioner.train import masked_bce
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ignore = torch.tensor([[False, False], [True, False]])
+    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert masked_bce(logits, target, ignore) == pytest.approx(float(per_pixel[~ignore].mean()))
+    assert masked_bce(logits, target, torch.ones_like(ignore)) == pytest.approx(float(per_pixel.mean()))
+
+
+def test_crop_is_224_and_keeps_labels_aligned():
+    import random
+
+    from cmpf.fusioner.train import random_crop
+
+    image = np.zeros((300, 260, 3), np.uint8)
+    image[:, :130] = 200  # left half bright = the target, right half dark
+    target = np.zeros((300, 260), bool)
+    target[:, :130] = True
+    ignore = np.zeros_like(target)
+    rng = random.Random(0)
+    for _ in range(12):
+        crop, t, i = random_crop(image, target, ignore, 224, rng)
+        assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8 and t.shape == i.shape == (224, 224)
+        inside = (crop[..., 0] == 200) == t.numpy()
+        assert inside.mean() > 0.98  # only the resampled boundary column may disagree
+
+
+def test_training_steps_move_only_the_fusion_and_decoder(tmp_path):
+    import torch
+
+    from cmpf.fusioner import build_model
+    from cmpf.fusioner.train import FusionerRecipe, FusionerTrainConfig, train_fusioner
+
+    root, splits = tmp_path / "VOC", tmp_path / "splits"
+    rng = np.random.default_rng(2)
+    jpg, png = root / "VOCdevkit" / "VOC2012" / "JPEGImages", root / "SegmentationClassAug"
+    jpg.mkdir(parents=True)
+    png.mkdir(parents=True)
+    (splits / "pascal" / "trn").mkdir(parents=True)
+    for f, label in ((1, 6), (2, 11), (3, 16)):  # fold 0 trains on the other folds' classes
+        name = f"2008_00000{f}"
+        Image.fromarray(rng.integers(0, 255, (240, 250, 3), dtype=np.uint8)).save(jpg / f"{name}.jpg")
+        mask = np.zeros((240, 250), np.uint8)
+        mask[50:150, 60:200], mask[-2:] = label, 255
+        Image.fromarray(mask).save(png / f"{name}.png")
+        (splits / "pascal" / "trn" / f"fold{f}.txt").write_text(f"{name}__{label}\n")
+    torch.manual_seed(0)
+    before = build_model("tiny-fusioner").state_dict()
+    out = tmp_path / "ckpt.pth"
+    result = train_fusioner(FusionerTrainConfig("pascal-5i", 0, str(root), str(splits), str(out), model="tiny-fusioner",
+                                                iters=2, recipe=FusionerRecipe(batch_size=2)), progress=False)
+    assert result["iters"] == 2 and all(np.isfinite(result["losses"]))
+    after = build_model("tiny-fusioner", checkpoint=out).state_dict()  # the official layout, loaded strictly
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("fusion.", "decoder.")) for k in changed)
+    assert any(k.startswith("decoder.") for k in changed) and "fusion.cls_emb" in changed
+
+    # from scratch with CLIP weights given apart (open_clip names), through the command line
+    from cmpf.cli import main
+
+    towers = {k: torch.randn_like(v) for k, v in before.items() if k.startswith(("img_model.", "text_model."))}
+    clip = {("visual." + k.removeprefix("img_model.")) if k.startswith("img_model.") else k.removeprefix("text_model."):
+            v for k, v in towers.items()}
+    torch.save(clip, tmp_path / "clip.pt")
+    assert main(["train", "--model", "tiny-fusioner", "--dataset", "pascal-5i", "--fold", "0", "--data-root", str(root),
+                 "--splits", str(splits), "--clip-weights", str(tmp_path / "clip.pt"), "--iters", "1",
+                 "--batch-size", "1", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    trained = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(trained[k], v) for k, v in towers.items())  # loaded, and frozen
