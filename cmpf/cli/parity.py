@@ -37,6 +37,9 @@ def add(sub) -> None:
 
 
 def main(args) -> int:
+    match common.family(args.model, args.artifacts):
+        case "fusioner":
+            return _parity_fusioner(args)
     from cmpf.bench.parity_run import ParityConfig, run_parity
     from cmpf.sample import SAMPLE_CLASSES, SAMPLE_IMAGE
     from cmpf.io import write_json, write_text
@@ -61,5 +64,31 @@ def main(args) -> int:
         print(f"wrote {write_text(f'{args.out}/parity.md', markdown + chr(10))}")
     if not report.ok:
         first, n = report.breaches[0], len(report.breaches)
+        raise CheckFailed(f"parity gate failed: {first}" + (f" (and {n - 1} more breaches)" if n > 1 else ""))
+    return 0
+
+
+def _parity_fusioner(args) -> int:
+    """``cmpf parity --artifacts FUSIONER_DIR [--backend onnxruntime,aoti] --image IMG [--classes 'cat;dog']``."""
+    from cmpf.errors import InputError
+    from cmpf.fusioner.parity import FusionerParityConfig, fusioner_parity, to_markdown
+    from cmpf.io import write_json
+    from cmpf.vocabulary import load_vocabulary
+
+    cmpf_only = [flag for flag, given in (("--model", args.model), ("--candidate", args.candidate),
+                                          ("--fail-on", args.fail_on), ("--dataset", args.dataset),
+                                          ("--reference", args.reference != "torch"), ("--precision", args.precision),
+                                          ("--out", args.out)) if given]
+    if cmpf_only:
+        raise InputError(f"{', '.join(cmpf_only)}: not for a Fusioner export; give --artifacts DIR, --backend B[,B], "
+                         f"--image FILE, --classes, --device, --json FILE")
+    cfg = FusionerParityConfig(args.artifacts, common.csv(args.backend) or ("onnxruntime",), tuple(args.image),
+                               load_vocabulary(args.vocab, args.classes, None, required=False), device=args.device)
+    report = fusioner_parity(cfg)
+    print(to_markdown(report))
+    if args.json:
+        print(f"wrote {write_json(args.json, report)}")
+    if not report["ok"]:
+        first, n = report["breaches"][0], len(report["breaches"])
         raise CheckFailed(f"parity gate failed: {first}" + (f" (and {n - 1} more breaches)" if n > 1 else ""))
     return 0

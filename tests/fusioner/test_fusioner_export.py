@@ -218,3 +218,20 @@ def test_aoti_graphs_and_run_match_eager(tiny_fusioner, image_224x300, tmp_path,
         logits = z["logits"]
     ref = segment(tiny_fusioner, img, ["cat", "dog", "diningtable"])
     assert rel_error(logits, ref.logits) <= REL[("aoti", "fp32")]
+
+
+def test_parity_gates_the_export_against_eager(onnx_export, image_224x300, tmp_path, capsys, monkeypatch):
+    from cmpf.cli import main
+    from cmpf.tolerances import REL
+
+    path, _ = image_224x300
+    report_path = tmp_path / "parity.json"
+    assert main(["parity", "--artifacts", str(onnx_export), "--image", str(path), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["ok"] and {r["check"] for r in report["rows"]} >= {
+        "text_embeddings", "first_window_tokens", "logits", "mask cat", "semantic"}
+    assert all(r["value"] <= 1e-4 for r in report["rows"] if r["metric"] == "rel")
+    capsys.readouterr()
+    monkeypatch.setitem(REL, ("onnxruntime", "fp32"), 1e-12)  # a bound no float32 file meets: the gate must fire
+    assert main(["parity", "--artifacts", str(onnx_export), "--image", str(path)]) == 1
+    assert "parity gate failed: onnxruntime" in capsys.readouterr().err
