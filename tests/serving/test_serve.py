@@ -149,3 +149,28 @@ def test_load_benchmark_runs_without_errors(artifacts, tmp_path):
                     "--requests", "2", "--warmup", "1", "--size", "48x64", "--out", str(out)], check=True, timeout=300)
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["requests_ok"] == 4 and report["latency_ms"]["p99"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, formats", [("openvino", ("onnx",)), ("aoti", ("aoti",))])
+def test_other_backends_serve_what_cmpf_run_writes(backend, formats, images, tmp_path):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino backend needs openvino ('cmpf[openvino]')")
+    from cmpf.cli import main
+    from cmpf.serving.repository import ServeConfig
+    from cmpf.serving.server import TritonServer
+
+    artifacts = exported.tiny_export(formats)
+    classes = ["--classes", exported.CLASSES]
+    assert main(["run", *map(str, images), "--artifacts", str(artifacts), "--backend", backend, *classes,
+                 "--out", str(tmp_path / "run"), "--no-resize", "--no-progress"]) == 0
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(ServeConfig(str(artifacts), backend, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      resize=False, startup_timeout_s=300))
+    try:
+        server.start()
+        assert main(["client", *map(str, images), "--url", server.http_url, *classes,
+                     "--out", str(tmp_path / "client")]) == 0
+    finally:
+        server.stop()
+    assert files(tmp_path / "client") == files(tmp_path / "run")
