@@ -1,15 +1,8 @@
-"""Fusioner speed: per graph call, per window, per image, and what the text-encoder cache saves.
+"""Fusioner speed per graph, window and image, and what the text-encoder cache saves, for several backends.
 
-Random weights (timing does not depend on them). Rows, each through the same runners ``cmpf run`` uses
-(``cmpf.fusioner.run.RunnerGraphs``):
-- ``visual_encoder``: one 224 window (batch 1); ``text_encoder``: one class name (its 32 prompts);
-- ``fusion_decoder_k1`` / ``_kK``: one window's fusion + decoder + head with 1 / K classes;
-- ``window_per_class`` / ``window_joint``: one window end to end (visual + K fusion passes / one pass);
-- ``image_per_class_cached`` / ``image_joint_cached``: the whole sliding window over an HxW image with the
-  class embeddings cached (``TextEmbeddingCache``, as ``cmpf run`` does after the first image);
-- ``image_per_class_uncached``: the same with a fresh cache per image (the K names encoded once per image).
-The official code re-encodes the text on every window (``FUSIONER_SPEC`` fact 3), i.e. windows x K text
-calls per image; ``official_text_per_image_ms`` is that count times the measured text-encoder row.
+Random weights (timing does not depend on them); the rows are ``cmpf.fusioner.bench.bench_fusioner``'s
+(``cmpf bench --model tiny-fusioner`` runs one backend of them); this script runs several backends of one
+preset, the ONNX ones from a temporary export, and writes the JSON with the machine attached.
 
     .venv/bin/python benchmarks/fusioner_speed.py --preset tiny-fusioner --backends torch,onnxruntime \
         --out benchmarks/results/fusioner_speed_tiny.json
@@ -29,11 +22,9 @@ import numpy as np
 import torch
 
 from cmpf.bench.environment import environment, peak_rss_mib
-from cmpf.bench.timing import time_call
-from cmpf.fusioner import SegmentOptions, TextEmbeddingCache, build_model, segment
+from cmpf.fusioner import build_model
+from cmpf.fusioner.bench import bench_fusioner
 from cmpf.fusioner.graphs import FusionerTorchRunner, graph_specs
-from cmpf.fusioner.inference import normalise, window_grid
-from cmpf.fusioner.prompts import tokenize_class
 from cmpf.fusioner.run import FusionerSource, RunnerGraphs, load_graphs
 
 
@@ -49,45 +40,6 @@ def graphs_for(backend: str, model, workdir: Path) -> RunnerGraphs:
             warnings.simplefilter("ignore")  # the random-weights note
             export_fusioner(ExportConfig(model.cfg.name, str(out), formats=("onnx",)), model=model, progress=False)
     return load_graphs(FusionerSource(artifacts=str(out), backend=backend))[0]
-
-
-def bench_backend(graphs: RunnerGraphs, image: np.ndarray, names: list[str], warmup: int, iters: int) -> dict:
-    s = graphs.cfg.window_size
-    crop = normalise(image[:s, :s])
-    tokens = graphs.encode_image(crop)
-    text = TextEmbeddingCache(graphs).embed(names)
-    ids = tokenize_class(names[0])
-    k = len(names)
-    per_class = SegmentOptions(mode="per-class")
-    joint = SegmentOptions(mode="joint")
-    warm = TextEmbeddingCache(graphs)
-    warm.embed(names)
-    rows = {
-        "visual_encoder": lambda: graphs.encode_image(crop),
-        "text_encoder": lambda: graphs.encode_class(ids),
-        "fusion_decoder_k1": lambda: graphs.segment_window(tokens, text[:1]),
-        f"fusion_decoder_k{k}": lambda: graphs.segment_window(tokens, text),
-        "window_per_class": lambda: [graphs.segment_window(graphs.encode_image(crop), text[j:j + 1])
-                                     for j in range(k)],
-        "window_joint": lambda: graphs.segment_window(graphs.encode_image(crop), text),
-        "image_per_class_cached": lambda: segment(graphs, image, names, per_class, text_cache=warm),
-        "image_joint_cached": lambda: segment(graphs, image, names, joint, text_cache=warm),
-        "image_per_class_uncached": lambda: segment(graphs, image, names, per_class),
-    }
-    out = {}
-    for name, fn in rows.items():
-        out[name] = time_call(fn, warmup=warmup, iters=iters).to_json()
-        print(f"  {name:26s} p50 {out[name]['median_ms']:10.1f} ms", flush=True)
-    windows = len(window_grid(image.shape[0], image.shape[1], s, per_class.window_stride(s)))
-    text_ms = out["text_encoder"]["median_ms"]
-    out["derived"] = {
-        "windows_per_image": windows, "classes": k,
-        "text_calls_per_image": {"cmpf_run_cached": 0, "uncached": k, "official_per_window": windows * k},
-        "official_text_per_image_ms": windows * k * text_ms,
-        "cache_saves_per_image_ms": out["image_per_class_uncached"]["median_ms"]
-        - out["image_per_class_cached"]["median_ms"],
-    }
-    return out
 
 
 def main() -> None:
@@ -112,8 +64,8 @@ def main() -> None:
     try:
         for backend in args.backends.split(","):
             print(f"{args.preset} on {backend}:", flush=True)
-            results[backend] = bench_backend(graphs_for(backend, model, workdir), image, names, args.warmup,
-                                             args.iters)
+            results[backend] = bench_fusioner(graphs_for(backend, model, workdir), image, names, args.warmup,
+                                              args.iters)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {

@@ -97,6 +97,9 @@ def main(args) -> int:
         if args.out:
             print(f"wrote {plot_comparison([a, b], f'{args.out}/compare.png')}")
         return 0
+    match common.family(args.model, args.artifacts):
+        case "fusioner":
+            return _bench_fusioner(args)
     from cmpf.bench.bench_run import BenchConfig
     from cmpf.bench.matrix import combinations, parse_backends, parse_precisions
 
@@ -148,3 +151,39 @@ def _matrix(args, cfg, source, combos) -> list:
                    write_text(f"{args.out}/matrix.md", markdown), plot_comparison(matrix["runs"],
                                                                                   f"{args.out}/matrix.png")]
     return written + ([write_json(args.json, matrix)] if args.json else [])
+
+
+def _bench_fusioner(args) -> int:
+    """``cmpf bench --model tiny-fusioner | --artifacts FUSIONER_DIR [--backend B] [--image IMG] [--classes L]``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from cmpf.bench.environment import environment
+    from cmpf.fusioner.bench import bench_fusioner, to_markdown
+    from cmpf.fusioner.run import FusionerSource, check_image_size, class_names, load_graphs, read_image
+    from cmpf.io import write_json
+    from cmpf.sample import SAMPLE_IMAGE
+
+    cmpf_only = [flag for flag, given in (("--batch", args.batch != "1"), ("--shapes", args.shapes),
+                                          ("--cuda-graph", args.cuda_graph), ("--sam-ensemble", args.sam_ensemble),
+                                          ("--out", args.out), ("--things", args.things),
+                                          ("--backend A,B", "," in (args.backend or ""))) if given]
+    if cmpf_only:
+        raise InputError(f"{', '.join(cmpf_only)}: not for a Fusioner model; give --model/--artifacts, one --backend, "
+                         f"--image, --classes, --warmup, --iters, --device, --json")
+    source = FusionerSource(model=args.model, checkpoint=args.checkpoint, clip_weights=args.clip_weights,
+                            artifacts=args.artifacts, backend=args.backend, precision=args.precision, device=args.device)
+    image_path = Path(args.image or SAMPLE_IMAGE)
+    manifest = source.manifest()
+    check_image_size(image_path, 224 if manifest is None else manifest.model.window_size)
+    default = None if args.vocab or (manifest and manifest.vocabulary) else "cat;dog"  # the export's, else these
+    names = class_names(args.vocab, args.classes or default, manifest)
+    graphs, _, backend = load_graphs(source, manifest)
+    rows = bench_fusioner(graphs, np.asarray(read_image(image_path)), list(names), args.warmup, args.iters)
+    print(to_markdown(rows))
+    if args.json:
+        report = {"benchmark": "fusioner", "backend": str(backend), "image": str(image_path), "classes": list(names),
+                  "rows": rows, "environment": environment(args.device)}
+        print(f"wrote {write_json(args.json, report)}")
+    return 0

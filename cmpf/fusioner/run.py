@@ -147,11 +147,12 @@ def load_graphs(source: FusionerSource, manifest: Optional[FusionerManifest] = N
     return RunnerGraphs(runners, model_cfg, source.device), options, backend
 
 
-def class_names(cfg: FusionerRunConfig, manifest: Optional[FusionerManifest]) -> tuple[str, ...]:
-    """The K class names of the run (``--classes`` / ``--vocab``, else the export's), checked."""
-    if cfg.classes is not None and not cfg.classes.replace(";", "").strip():
+def class_names(vocab: Optional[str], classes: Optional[str], manifest: Optional[FusionerManifest],
+                ) -> tuple[str, ...]:
+    """The K class names of a run (``--classes`` / ``--vocab``, else the export's), checked."""
+    if classes is not None and not classes.replace(";", "").strip():
         raise FusionerInputError("--classes names no class (K=0); give at least one, e.g. --classes 'cat;dog'")
-    vocabulary = load_vocabulary(cfg.vocab, cfg.classes, None, required=False)
+    vocabulary = load_vocabulary(vocab, classes, None, required=False)
     if vocabulary is None and manifest is not None:
         vocabulary = manifest.vocabulary
     if vocabulary is None:
@@ -207,7 +208,7 @@ def run_fusioner(cfg: FusionerRunConfig, progress: bool = True) -> FusionerRunRe
     window = (manifest.model if manifest else get_config(cfg.source.model)).window_size
     for path in paths:
         check_image_size(path, window)
-    names = class_names(cfg, manifest)
+    names = class_names(cfg.vocab, cfg.classes, manifest)
     graphs, options, backend = load_graphs(cfg.source, manifest)
     if cfg.mode:
         options = dataclasses.replace(options, mode=cfg.mode)

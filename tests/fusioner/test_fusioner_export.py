@@ -235,3 +235,21 @@ def test_parity_gates_the_export_against_eager(onnx_export, image_224x300, tmp_p
     monkeypatch.setitem(REL, ("onnxruntime", "fp32"), 1e-12)  # a bound no float32 file meets: the gate must fire
     assert main(["parity", "--artifacts", str(onnx_export), "--image", str(path)]) == 1
     assert "parity gate failed: onnxruntime" in capsys.readouterr().err
+
+
+def test_bench_times_each_graph_window_and_image(onnx_export, image_224x300, tmp_path, capsys):
+    from cmpf.cli import main
+
+    path, _ = image_224x300
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--artifacts", str(onnx_export), "--image", str(path), "--classes", "cat;dog", "--iters", "1",
+                 "--warmup", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["backend"] == "onnxruntime" and report["classes"] == ["cat", "dog"]
+    assert {"visual_encoder", "text_encoder", "fusion_decoder_k1", "fusion_decoder_k2", "image_per_class_cached",
+            "image_per_class_uncached"} <= set(rows)
+    assert all(r["median_ms"] > 0 for name, r in rows.items() if name != "derived")
+    d = rows["derived"]
+    assert d["windows_per_image"] == 2 and d["text_calls_per_image"]["official_per_window"] == 4
+    assert d["official_text_per_image_ms"] == pytest.approx(4 * rows["text_encoder"]["median_ms"])
