@@ -10,6 +10,7 @@ requests get one clear 400-style message and the server goes on serving.
 from __future__ import annotations
 
 import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,11 @@ def test_pixels_grpc_and_another_vocabulary(server, images):
     assert used.names == ["tree", "car"] and int(other.semantic_labels.max()) <= 1
     http.close()
     grpc.close()
+    with urllib.request.urlopen(f"http://localhost:{server.cfg.metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    counter = 'nv_inference_request_success{model="cmpf_segment"'
+    served = [line for line in metrics.splitlines() if line.startswith(counter)]
+    assert served and float(served[0].split()[-1]) >= 4  # Prometheus counts what was served
 
 
 def test_bad_requests_get_one_clear_message_and_the_server_goes_on(server, images):
