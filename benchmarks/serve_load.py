@@ -9,6 +9,9 @@ after another, bounded by ``--time-limit``. Reports latency p50/p90/p99, through
 (a load test passes with none) and the resident memory of the server's processes (tritonserver and
 its backend stubs) after the warm-up, every 2 s of the load and after it, and writes
 ``results/serve_load_<model>.json`` with the machine it ran on.
+
+Not ``perf_analyzer``: the ``perf-analyzer`` package on PyPI (0.1.0, what ``tritonclient[all]``
+pulls in) is an empty placeholder without the binary, which ships in Triton's SDK container only.
 """
 
 from __future__ import annotations
