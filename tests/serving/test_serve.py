@@ -180,3 +180,42 @@ def test_other_backends_serve_what_cmpf_run_writes(backend, formats, images, tmp
     finally:
         server.stop()
     assert files(tmp_path / "client") == files(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_cmpf_serve_command_serves_until_sigterm_and_leaves_nothing(artifacts):
+    """``cmpf serve`` as users start it: announces the endpoints, serves, stops on SIGTERM with exit 0,
+    and leaves no server or stub process and no workspace behind."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from cmpf.serving.client import SegmentClient
+
+    workspaces = set(glob.glob(os.path.join(tempfile.gettempdir(), "cmpf-serve-*")))
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen([sys.executable, "-m", "cmpf", "serve", "--artifacts", str(artifacts), "--http-port",
+                                str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--no-resize"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = SegmentClient(f"localhost:{http}")
+        deadline = time.monotonic() + 150
+        while not client.is_ready() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.is_ready(), process.stderr.read() if process.poll() is not None else "not ready in 150 s"
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-2000:]
+    assert f"HTTP localhost:{http}" in out and "cmpf_segment" in out
+    leftovers = subprocess.run(["pgrep", "-f", f"--http-port={http}"], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"tritonserver still running: {leftovers}"
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "cmpf-serve-*"))) <= workspaces  # its own is gone
