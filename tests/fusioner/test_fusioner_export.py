@@ -253,3 +253,20 @@ def test_bench_times_each_graph_window_and_image(onnx_export, image_224x300, tmp
     d = rows["derived"]
     assert d["windows_per_image"] == 2 and d["text_calls_per_image"]["official_per_window"] == 4
     assert d["official_text_per_image_ms"] == pytest.approx(4 * rows["text_encoder"]["median_ms"])
+
+
+def test_eval_of_the_export_matches_the_eager_model(onnx_export, tmp_path):
+    """``cmpf eval --artifacts`` on ONNX Runtime scores what the eager model of the same weights scores."""
+    from test_fusioner_fewshot import _pascal
+
+    from cmpf.fusioner.evaluate import FusionerEvalConfig, evaluate_fusioner
+    from cmpf.fusioner.run import FusionerSource
+
+    root, splits = tmp_path / "VOC", tmp_path / "splits"
+    _pascal(root, splits, np.random.default_rng(0))
+    reports = {b: evaluate_fusioner(FusionerEvalConfig("pascal-5i", 0, str(root), str(splits),
+                                                       FusionerSource(artifacts=str(onnx_export), backend=b)),
+                                    progress=False) for b in ("onnxruntime", "torch")}
+    assert reports["onnxruntime"]["backend"] == "onnxruntime" and reports["onnxruntime"]["episodes_scored"] == 3
+    assert reports["onnxruntime"]["miou"] == pytest.approx(reports["torch"]["miou"], abs=1e-3)
+    assert reports["onnxruntime"]["fbiou"] == pytest.approx(reports["torch"]["fbiou"], abs=1e-3)
