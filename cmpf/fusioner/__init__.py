@@ -3,8 +3,10 @@
 ``build_model(preset, checkpoint=..., clip_weights=...)`` → ``Fusioner`` in eval mode;
 ``segment(model, image, class_names, SegmentOptions(...))`` → ``FusionerSegmentation``;
 ``graphs.WRAPPERS`` / ``graphs.graph_specs(cfg)`` for export. Above the model (they use ``cmpf.export`` and
-``cmpf.runtime``; nothing here imports them): ``export.export_fusioner`` (``cmpf export``) and
-``run.run_fusioner`` (``cmpf run``). Facts: ``shared/docs/FUSIONER_SPEC.md``.
+``cmpf.runtime``; nothing here imports them): ``export.export_fusioner`` (``cmpf export``),
+``run.run_fusioner`` (``cmpf run``), ``parity.fusioner_parity`` (``cmpf parity``), ``bench.bench_fusioner``
+(``cmpf bench``), ``evaluate.evaluate_fusioner`` (``cmpf eval``) and ``train.train_fusioner`` (``cmpf train``),
+dispatched by ``cmpf.cli`` on the preset or manifest family. Facts: ``shared/docs/FUSIONER_SPEC.md``.
 """
 
 from __future__ import annotations
