@@ -100,6 +100,12 @@ def check_outputs(out_dir: str | Path, images: Sequence[str], dump: Optional[str
         check_output_file(dump, "--dump-tensors")
 
 
+def stem_image_ids(paths: Sequence[Path]) -> dict[Path, int | str]:
+    """Image ids without a dataset: the file stems, as numbers when every stem is one (COCO's names)."""
+    numeric = all(p.stem.isdigit() for p in paths)
+    return {p: int(p.stem) if numeric else p.stem for p in paths}
+
+
 def _write_png(path: Path, image: Image.Image | np.ndarray) -> Path:
     image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -24,10 +24,10 @@ from tqdm import tqdm
 from cmpf.backend import Backend
 from cmpf.errors import InputError
 from cmpf.io import Staging
-from cmpf.outputs import FOLDERS, RUN_FILES, Categories, ResultWriter, check_outputs, dump_tensors
+from cmpf.outputs import FOLDERS, RUN_FILES, Categories, ResultWriter, check_outputs, dump_tensors, stem_image_ids
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_image
-from cmpf.vocabulary import Vocabulary, load_vocabulary, load_vocabulary_file
+from cmpf.vocabulary import Vocabulary, load_vocabulary, load_vocabulary_file, vocabulary_ids
 
 _GLOB_CHARS = set("*?[")
 
@@ -209,26 +209,6 @@ def read_coco_json(path: str) -> CocoImages:
                          f"categories with id and name; {type(e).__name__}: {e})") from None
 
 
-def vocabulary_ids(path: str) -> Optional[tuple[int, ...]]:
-    """The ``id:`` of every class of an official vocabulary file, or None for a plain list.
-
-    Follows ``cmpf.vocabulary.load_vocabulary_file``'s reading of the lines (blank and
-    ``invalid_class_id`` lines skipped), so the ids line up with its classes.
-    """
-    ids = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or "invalid_class_id" in line:
-            continue
-        head, sep, _ = line.partition(":")
-        ids.append(int(head) if sep and head.strip().isdigit() else None)
-    if all(i is None for i in ids):
-        return None
-    if None in ids:
-        raise InputError(f"--vocab {path}: some classes have an id: and some do not; give every line its id or none")
-    return tuple(ids)
-
-
 def _image_ids(paths: list[Path], dataset: Optional[CocoImages]) -> dict[Path, int | str]:
     """The dataset's id of each image; else the file stem, as a number when every stem is one (COCO's names)."""
     if dataset is not None:
@@ -237,8 +217,7 @@ def _image_ids(paths: list[Path], dataset: Optional[CocoImages]) -> dict[Path, i
             raise InputError(f"{missing[0]} is not among the images of --coco-json ({len(missing)} are not); give the "
                              f"annotation file of these images")
         return {p: dataset.image_ids[p.stem] for p in paths}
-    numeric = all(p.stem.isdigit() for p in paths)
-    return {p: int(p.stem) if numeric else p.stem for p in paths}
+    return stem_image_ids(paths)
 
 
 def load_sam_masks(where: str, path: Path, image, count: int):

@@ -172,3 +172,23 @@ def load_vocabulary(vocab: Optional[str] = None, classes: Optional[str] = None, 
         return None
     names = parse_things(things)
     return load_vocabulary_file(vocab, names) if vocab is not None else parse_class_list(classes, names)
+
+
+def vocabulary_ids(path: str) -> Optional[tuple[int, ...]]:
+    """The ``id:`` of every class of an official vocabulary file, or None for a plain list.
+
+    Follows ``cmpf.vocabulary.load_vocabulary_file``'s reading of the lines (blank and
+    ``invalid_class_id`` lines skipped), so the ids line up with its classes.
+    """
+    ids = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or "invalid_class_id" in line:
+            continue
+        head, sep, _ = line.partition(":")
+        ids.append(int(head) if sep and head.strip().isdigit() else None)
+    if all(i is None for i in ids):
+        return None
+    if None in ids:
+        raise InputError(f"--vocab {path}: some classes have an id: and some do not; give every line its id or none")
+    return tuple(ids)

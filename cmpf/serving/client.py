@@ -19,11 +19,11 @@ import numpy as np
 
 from cmpf.errors import EnvironmentProblem, InputError, require
 from cmpf.io import Staging
-from cmpf.outputs import Categories, ResultWriter, check_outputs
+from cmpf.outputs import Categories, ResultWriter, check_outputs, stem_image_ids
 from cmpf.postprocess import Segmentation
 from cmpf.preprocess import load_image
 from cmpf.serving.protocol import MODEL_NAME, segmentation_of, text_tensor, vocabulary_text
-from cmpf.vocabulary import Vocabulary, load_vocabulary
+from cmpf.vocabulary import Vocabulary, load_vocabulary, vocabulary_ids
 
 
 class SegmentClient:
@@ -112,13 +112,11 @@ class ClientResult:
 
 def client_run(cfg: ClientConfig) -> ClientResult:
     """Every image of ``cfg`` through the server; the result files of ``cmpf run`` in ``cfg.out_dir``."""
-    from cmpf.run import vocabulary_ids
-
     paths = [Path(p) for p in cfg.images]
     check_outputs(cfg.out_dir, [str(p) for p in paths])
     vocabulary = load_vocabulary(cfg.vocab, cfg.classes, cfg.things, required=False)
     ids = vocabulary_ids(cfg.vocab) if cfg.vocab else None
-    numeric = all(p.stem.isdigit() for p in paths)  # cmpf run's image ids: the stems, as numbers when all are
+    image_ids = stem_image_ids(paths)  # cmpf run's image ids
     client = SegmentClient(cfg.url, cfg.protocol, cfg.timeout_s)
     tic = time.perf_counter()
     try:
@@ -130,7 +128,7 @@ def client_run(cfg: ClientConfig) -> ClientResult:
                 seg, used = client.segment(path.read_bytes(), vocabulary)
                 if writer is None:
                     writer = ResultWriter(out, Categories.of(used, ids))
-                writer.add(seg, image, path.stem, int(path.stem) if numeric else path.stem, path.name)
+                writer.add(seg, image, path.stem, image_ids[path], path.name)
             assert writer is not None
             writer.finish()
     finally:
