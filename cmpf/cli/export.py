@@ -30,6 +30,10 @@ def main(args) -> int:
     from cmpf.errors import InputError
 
     formats = common.csv(args.format) or ()
+    if "triton-repo" in formats:  # the repository is made from an export's files, by its own command
+        raise InputError(f"--format triton-repo: a Triton model repository is written from an export; run "
+                         f"`cmpf export --model {args.model} --out DIR` and then `cmpf triton-repo --artifacts DIR "
+                         f"--out {args.out}`")
     onnx_only = [flag for flag, given in (("--opset", args.opset is not None), ("--external-data", args.external_data),
                                           ("--no-verify", args.no_verify)) if given]
     if onnx_only and "onnx" not in formats:  # refused, not silently ignored

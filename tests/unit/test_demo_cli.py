@@ -42,6 +42,8 @@ def test_export_command_rejects_bad_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: unknown export formats ['tflite']; choose from onnx, aoti"
     assert main(["export", "--model", "tiny", "--out", str(tmp_path), "--graphs", "nope"]) == 2
     assert "has no graphs ['nope']" in capsys.readouterr().err
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path / "repo"), "--format", "triton-repo"]) == 2
+    assert f"`cmpf triton-repo --artifacts DIR --out {tmp_path / 'repo'}`" in capsys.readouterr().err
 
 
 def test_bench_eager_smoke(tmp_path, capsys):
