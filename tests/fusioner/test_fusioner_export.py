@@ -270,3 +270,38 @@ def test_eval_of_the_export_matches_the_eager_model(onnx_export, tmp_path):
     assert reports["onnxruntime"]["backend"] == "onnxruntime" and reports["onnxruntime"]["episodes_scored"] == 3
     assert reports["onnxruntime"]["miou"] == pytest.approx(reports["torch"]["miou"], abs=1e-3)
     assert reports["onnxruntime"]["fbiou"] == pytest.approx(reports["torch"]["fbiou"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_vitl14_onnx_export_reproduces_the_official_outputs(tmp_path, capsys):
+    """fusioner-vitl14 with the golden's synthetic weights, exported to ONNX (3.7 GB, ~4 min on 2 cores) and run
+    with ``cmpf run --artifacts``: text embedding, first-window tokens and logits of the official code within 1e-4."""
+    import torch
+
+    import fusioner_reference as ref
+    from cmpf.cli import main
+    from cmpf.tolerances import REL, rel_error
+
+    if ref.missing():
+        pytest.skip(f"Fusioner golden files absent: {ref.missing()}")
+    state, bad = ref.synthetic_state_dict()
+    assert not bad
+    weights = tmp_path / "variantA.pth"
+    torch.save({"model": state}, weights)
+    del state
+    out = tmp_path / "fz"
+    assert main(["export", "--model", "fusioner-vitl14", "--checkpoint", str(weights), "--out", str(out)]) == 0
+    image = tmp_path / "crop.png"
+    Image.fromarray(ref.input_crop()).save(image)
+    dump = tmp_path / "t.npz"
+    assert main(["run", str(image), "--artifacts", str(out), "--classes", "cat", "--out", str(tmp_path / "o"),
+                 "--dump-tensors", str(dump), "--no-progress"]) == 0
+    golden = ref.arrays()
+    with np.load(dump) as z:
+        ours = {k: z[k] for k in z.files}
+    bound = REL[("onnxruntime", "fp32")]
+    assert rel_error(ours["text_embeddings"], golden["text_embed_f32"]) <= bound
+    assert rel_error(ours["visual_tokens"], golden["fusion_in_visual_f32"]) <= bound  # the unit tokens fused
+    assert rel_error(ours["logits"], golden["logits_final_f32"][0]) <= bound
+    flipped = ours["labels"] != golden["pred_label_u8"][0]  # only where the official logit is within float noise of 0
+    assert not flipped.any() or np.abs(golden["logits_final_f32"][0, 0][flipped]).max() < 1e-5
