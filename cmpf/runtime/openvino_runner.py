@@ -7,12 +7,22 @@ tolerance table's 1e-4 of ONNX Runtime; ``inference_precision="bf16"`` lets the 
 and convolutions in bf16. OpenVINO quietly compiles f32 on a CPU without bf16 kernels (AVX-512 BF16
 or AMX; AVX2-only CPUs have none), so this runner refuses bf16 there instead. Torch tensors in and
 out by name; inputs are shared with OpenVINO, outputs are copied out of its buffers.
+
+OpenVINO 2026.4's CPU plugin gives the calling thread an alternate signal stack of its own while it
+compiles a model and puts back the one it found when the model is released; models released in
+another order than made (two runners, the first dropped first) leave the thread's alternate stack on
+unmapped memory, and the next signal with a handler (a child process ending under torch's DataLoader
+SIGCHLD handler) kills the process with SIGSEGV. Every OpenVINO call here keeps the thread's alternate
+stack as it was (``_signal_stack_kept``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 from pathlib import Path
-from typing import Literal, Mapping, Optional
+from typing import Iterator, Literal, Mapping, Optional
 
 import openvino as ov
 import openvino.properties as props
@@ -25,6 +35,37 @@ from cmpf.spec import GraphSpec, check_inputs
 
 _OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "boolean": "bool"}
 _PRECISIONS = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16}  # cmpf's names -> INFERENCE_PRECISION_HINT
+
+
+class _StackT(ctypes.Structure):  # POSIX stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform != "win32" else None
+
+
+def signal_stack() -> tuple[int, int, int]:
+    """The calling thread's alternate signal stack: (address, flags, size); zeros where there is none."""
+    if _LIBC is None:
+        return 0, 0, 0
+    current = _StackT()
+    _LIBC.sigaltstack(None, ctypes.byref(current))
+    return current.ss_sp or 0, current.ss_flags, current.ss_size
+
+
+@contextlib.contextmanager
+def _signal_stack_kept() -> Iterator[None]:
+    """Put the thread's alternate signal stack back as it was after the OpenVINO call (module docstring)."""
+    if _LIBC is None:
+        yield
+        return
+    saved = _StackT()
+    _LIBC.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        if saved.ss_flags & 1 == 0:  # not SS_ONSTACK: it cannot change while a handler runs on it
+            _LIBC.sigaltstack(ctypes.byref(saved), None)
 
 
 def _name(port, expected: Optional[str]) -> str:
@@ -50,22 +91,25 @@ class OpenVinoRunner:
         precision = inference_precision or "fp32"
         if precision not in _PRECISIONS:
             raise InputError(f"OpenVINO inference precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
-        core = ov.Core()
-        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if precision == "bf16" and "BF16" not in capabilities:
-            raise EnvironmentProblem(f"OpenVINO has no bf16 kernels on this CPU (it offers {', '.join(capabilities)}; "
-                                     f"bf16 needs AVX-512 BF16 or AMX); run the fp32 or int8 files instead")
-        model = core.read_model(str(path))
-        self._reshape_if_static(model)
-        config = {hints.performance_mode: hints.PerformanceMode.LATENCY,
-                  hints.inference_precision: _PRECISIONS[precision]}
-        if threads:
-            config[props.inference_num_threads] = threads
-        self.compiled = core.compile_model(model, "CPU", config)
-        self._check_ports(path)
-        self.inference_precision = self.compiled.get_property(hints.inference_precision).get_type_name()
-        self.threads = self.compiled.get_property(props.inference_num_threads)
-        self.request = self.compiled.create_infer_request()
+        with _signal_stack_kept():  # every OpenVINO call of the set-up (module docstring)
+            core = ov.Core()
+            capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if precision == "bf16" and "BF16" not in capabilities:
+                raise EnvironmentProblem(f"OpenVINO has no bf16 kernels on this CPU (it offers "
+                                         f"{', '.join(capabilities)}; bf16 needs AVX-512 BF16 or AMX); run the fp32 "
+                                         f"or int8 files instead")
+            model = core.read_model(str(path))
+            self._reshape_if_static(model)
+            config = {hints.performance_mode: hints.PerformanceMode.LATENCY,
+                      hints.inference_precision: _PRECISIONS[precision]}
+            if threads:
+                config[props.inference_num_threads] = threads
+            self.compiled = core.compile_model(model, "CPU", config)
+            self._check_ports(path)
+            self.inference_precision = self.compiled.get_property(hints.inference_precision).get_type_name()
+            self.threads = self.compiled.get_property(props.inference_num_threads)
+            self.request = self.compiled.create_infer_request()
+            del core, model  # released inside the guard too
 
     def _reshape_if_static(self, model: "ov.Model") -> None:
         """Make the spec's symbolic dims dynamic where the file fixed them (a no-op for cmpf's exports)."""
@@ -93,8 +137,10 @@ class OpenVinoRunner:
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         check_inputs(self.graph, inputs)
         feeds = {t.name: inputs[t.name].detach().cpu().contiguous().numpy() for t in self.graph.inputs}
-        results = self.request.infer(feeds, share_inputs=True)  # share_outputs=False: copies we own
+        with _signal_stack_kept():
+            results = self.request.infer(feeds, share_inputs=True)  # share_outputs=False: copies we own
         return {t.name: torch.from_numpy(results[port]) for t, port in zip(self.graph.outputs, self.compiled.outputs)}
 
     def close(self) -> None:
-        self.request = self.compiled = None
+        with _signal_stack_kept():
+            self.request = self.compiled = None

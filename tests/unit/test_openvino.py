@@ -138,3 +138,31 @@ def test_doctor_lists_openvino():
     rows = dict(report())
     assert rows["openvino"] == openvino.__version__ and "CPU" in rows["openvino devices"].split(", ")
     assert "FP32" in rows["openvino CPU capabilities"].split(", ")
+
+
+def test_runners_released_in_any_order_keep_the_threads_signal_stack(artifacts):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack while compiling and restores it on
+    release; released out of order it left the stack on unmapped memory, and the next child process to
+    end (torch's DataLoader SIGCHLD handler) killed the test run with SIGSEGV. Now it stays as it was."""
+    import faulthandler
+    import gc
+    import signal
+    import subprocess
+    import sys
+
+    from cmpf.runtime.openvino_runner import OpenVinoRunner, signal_stack
+
+    faulthandler.enable()  # gives this thread an alternate signal stack (pytest's does too)
+    before = signal_stack()
+    artifact = exported.artifact(artifacts, "mask_classifier", "onnx")
+    first, second = (OpenVinoRunner(artifact.path, artifact.graph) for _ in range(2))
+    del first  # the first made released first: the order that broke it
+    gc.collect()
+    del second
+    gc.collect()
+    assert signal_stack() == before
+    previous = signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler runs on the alternate stack
+    try:
+        assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0  # its SIGCHLD is delivered
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
