@@ -62,7 +62,8 @@ class ParityConfig:
     vocab_dir: Optional[str] = None
     limit: Optional[int] = None
     synthetic_images: int = 4
-    synthetic_size: int = 64
+    synthetic_size: int | tuple[int, int] = 64  # (H, W) or a square side
+    synthetic_seed: int = 0  # the generator's seed (another seed than a model's training scenes: held out)
     out_dir: Optional[str] = None  # where failing graphs' inputs go
     device: str = "cpu"
 
@@ -161,9 +162,11 @@ def _run(cfg: ParityConfig, overrides, ref_side: Side, sides: list[Side], data) 
 
 def _settings(cfg: ParityConfig) -> dict:
     """What the run compared on, as the report records it (sizes, dataset, limit), for reruns."""
+    synthetic = cfg.dataset == SYNTHETIC
     return {"min_size": cfg.min_size, "max_size": cfg.max_size, "resize": cfg.resize, "dataset": cfg.dataset,
-            "limit": cfg.limit, "synthetic_images": cfg.synthetic_images if cfg.dataset == SYNTHETIC else None,
-            "device": cfg.device}
+            "limit": cfg.limit, "synthetic_images": cfg.synthetic_images if synthetic else None,
+            "synthetic_size": cfg.synthetic_size if synthetic else None,
+            "synthetic_seed": cfg.synthetic_seed if synthetic else None, "device": cfg.device}
 
 
 def _values(tensors, images: list[ImageAgreement], dataset: Optional[DatasetLevel]) -> dict[str, dict]:
@@ -218,8 +221,8 @@ def _dataset(cfg: ParityConfig, stack: contextlib.ExitStack):
 
     # generated input, not a result: removed when the run ends, and no path of it reaches the report
     root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cmpf-parity-synthetic-")))
-    make_synthetic_coco_panoptic(root, cfg.synthetic_images, cfg.synthetic_size, seed=0, split="val2017",
-                                 num_crowd_only=0)
+    make_synthetic_coco_panoptic(root, cfg.synthetic_images, cfg.synthetic_size, seed=cfg.synthetic_seed,
+                                 split="val2017", num_crowd_only=0)
     write_text(root / "vocab" / SYNTHETIC_VOCABULARY, "".join(f"{c.id}:{c.name}\n" for c in SYNTHETIC_CLASSES))
     return prepare_dataset("coco-panoptic-val", root, root / "vocab", None, cfg.limit)
 

@@ -132,9 +132,11 @@ def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_dir):
         assert len(artifact.recipe["calibration"]["sha256"]) == 64
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_graphs_within_their_tolerance_rows(precision, fp16_dir, int8_dir):
-    """Each graph's outputs on the pipeline's own inputs, fp32 file vs reduced file, both on ONNX Runtime.
+def test_reduced_graphs_within_their_tolerance_rows(precision, backend, fp16_dir, int8_dir):
+    """Each graph's outputs on the pipeline's own inputs: the fp32 file on ONNX Runtime against the reduced
+    file on ONNX Runtime and on OpenVINO (which runs the same casts and Q/DQ files, int8 kernels included).
 
     The image is 256×320, run without resize: no padding. In a padded border column, the CLIP features
     come from LayerNorms of near-constant vectors, which amplify fp16 rounding (res5 9e-2 there).
@@ -144,14 +146,17 @@ def test_reduced_graphs_within_their_tolerance_rows(precision, fp16_dir, int8_di
     from cmpf.preprocess import load_image
     from cmpf.sample import SAMPLE_IMAGE
 
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino backend needs openvino (pip install 'cmpf[openvino]')")
     directory = fp16_dir if precision == "fp16" else int8_dir
     fp32 = load_predictor(ModelSource(artifacts=str(directory)), "onnxruntime")
-    low = load_predictor(ModelSource(artifacts=str(directory), precision=precision), "onnxruntime")
+    low = load_predictor(ModelSource(artifacts=str(directory), precision=precision), backend)
     vocabulary = _vocabulary()
     image = torch.nn.functional.interpolate(load_image(SAMPLE_IMAGE)[None].float(), size=(256, 320))[0].byte()
     options = dataclasses.replace(fp32.options, resize=False)
     inputs = capture_graph_inputs(fp32.runners, [image], vocabulary, fp32.cfg, options)
     rows = graph_parity(fp32.runners, {g: low.runners[g] for g in inputs}, inputs, precision)
+    assert {r.backend for r in rows} == {backend}
     assert rows and all(r.ok for r in rows), [(r.graph, r.output, r.rel_error, r.tolerance) for r in rows if not r.ok]
     assert max(r.rel_error for r in rows) > 0  # they did run the reduced files
 
