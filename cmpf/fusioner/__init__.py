@@ -11,39 +11,26 @@ dispatched by ``cmpf.cli`` on the preset or manifest family. Facts: ``shared/doc
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+import importlib
 
-import torch
-
-from cmpf.fusioner.checkpoint import CheckpointError, LoadReport, load_checkpoint
-from cmpf.fusioner.config import PRESETS, FusionerConfig, SegmentOptions, get_config
-from cmpf.fusioner.inference import FusionerSegmentation, TextEmbeddingCache, segment
-from cmpf.fusioner.model import Fusioner, build_architecture
-from cmpf.fusioner.prompts import FusionerInputError
-
-
-def build_model(preset: str | FusionerConfig, checkpoint: Optional[str | Path] = None,
-                clip_weights: Optional[str | Path] = None) -> Fusioner:
-    """Build a Fusioner in eval mode; random weights without files (tests, ``tiny-fusioner``).
-
-    With a file, loading is strict (``load_checkpoint``); the report is kept as ``model.load_report``.
-    """
-    cfg = get_config(preset)
-    if checkpoint is None and clip_weights is None:
-        model = build_architecture(cfg)
-        model.load_report = None
-        return model
-    # no random init (7 s for ViT-L): the strict load below overwrites every tensor, or raises
-    with torch.device("meta"):
-        model = build_architecture(cfg)
-    model = model.to_empty(device="cpu")
-    model.load_report = load_checkpoint(model, checkpoint, clip_weights)
-    return model.eval()
+# name -> module: imported on first use (PEP 562), so that reading the presets (`cmpf train --help`)
+# does not import torch and open_clip
+_HOMES = {
+    "build_model": "cmpf.fusioner.build",
+    **dict.fromkeys(("CheckpointError", "LoadReport", "load_checkpoint"), "cmpf.fusioner.checkpoint"),
+    **dict.fromkeys(("PRESETS", "FusionerConfig", "SegmentOptions", "get_config"), "cmpf.fusioner.config"),
+    **dict.fromkeys(("FusionerSegmentation", "TextEmbeddingCache", "segment"), "cmpf.fusioner.inference"),
+    **dict.fromkeys(("Fusioner", "build_architecture"), "cmpf.fusioner.model"),
+    "FusionerInputError": "cmpf.fusioner.prompts",
+}
+__all__ = sorted(_HOMES)
 
 
-__all__ = [
-    "build_model", "Fusioner", "FusionerConfig", "PRESETS", "get_config", "SegmentOptions", "segment",
-    "FusionerSegmentation", "TextEmbeddingCache", "FusionerInputError", "CheckpointError", "LoadReport",
-    "load_checkpoint",
-]
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
