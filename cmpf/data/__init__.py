@@ -6,7 +6,7 @@ Consumes datasets on disk; produces per-image training targets (uint8 image (3, 
 
 from __future__ import annotations
 
-import importlib
+from cmpf.lazy import lazy_attributes
 
 # name -> module: imported on first use (PEP 562), so that `cmpf train --help` and the registry's
 # users (cmpf.data.registry) do not import torch through this package
@@ -19,12 +19,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

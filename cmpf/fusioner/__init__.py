@@ -11,7 +11,7 @@ dispatched by ``cmpf.cli`` on the preset or manifest family. Facts: ``shared/doc
 
 from __future__ import annotations
 
-import importlib
+from cmpf.lazy import lazy_attributes
 
 # name -> module: imported on first use (PEP 562), so that reading the presets (`cmpf train --help`)
 # does not import torch and open_clip
@@ -25,12 +25,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)
