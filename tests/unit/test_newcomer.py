@@ -38,9 +38,8 @@ def test_help_lists_every_command_with_the_summary_its_module_registers():
     assert _summaries(build_parser()) == listing  # every module's own help text (all parsers built)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["demo", "--help"], ["metrics", "--help"],
-                                  ["metrics", "panoptic", "--help"], ["export", "--help"], ["doctor", "--help"],
-                                  ["check-env", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["metrics", "panoptic", "--help"],
+                                  ["check-env", "--help"]], ids=lambda argv: " ".join(argv))
 def test_help_imports_neither_torch_nor_other_commands(argv):
     """`cmpf --help` and `cmpf CMD --help` load only what they print (their speed, in a process of its own)."""
     code = ("import json, sys\nfrom cmpf.cli import main\n"
