@@ -77,7 +77,9 @@ def test_precomputed_masks_through_the_cli(predictors, image, tmp_path, capsys):
     code = main(["run", str(img), "--artifacts", artifacts, "--classes", "a;b", "--sam-masks",
                  str(tmp_path / "small.npz"), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "small.npz: masks are 10x10 but the image is" in err[0]
+    # the error contract: the last line is the one error (a progress bar may come before it)
+    assert code == 2 and err[-1].startswith("error: ") and "small.npz: masks are 10x10 but the image is" in err[-1]
+    assert not [line for line in err[:-1] if "error" in line or "Traceback" in line]
     assert not (tmp_path / "o2").exists()
 
 
