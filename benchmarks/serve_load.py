@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -32,21 +31,11 @@ from cmpf.io import write_json
 from cmpf.manifest import Manifest
 from cmpf.serving.client import SegmentClient
 from cmpf.serving.repository import ServeConfig
-from cmpf.serving.server import TritonServer
+from cmpf.serving.server import TritonServer, free_ports
 from cmpf.vocabulary import parse_class_list
 
 RESULTS = Path(__file__).parent / "results"
 CLASSES = "cat;dog,puppy;sky,heaven;grass"
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def png_images(count: int, h: int, w: int) -> list[bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +27,18 @@ from typing import Optional
 
 from cmpf.errors import EnvironmentProblem, require
 from cmpf.serving.repository import ServeConfig, write_segment_model
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on localhost now (for a server's HTTP, gRPC and metrics endpoints)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def triton_install() -> Path:

@@ -9,7 +9,6 @@ requests get one clear 400-style message and the server goes on serving.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -22,18 +21,9 @@ import exported
 pytest.importorskip("pytriton", reason="cmpf serve needs nvidia-pytriton (pip install 'cmpf[serve]')")
 pytest.importorskip("tritonclient.http", reason="cmpf client needs tritonclient (pip install 'cmpf[serve]')")
 
+from cmpf.serving.server import free_ports  # noqa: E402
+
 MAX_IMAGE_BYTES = 100_000
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
