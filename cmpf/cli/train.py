@@ -44,6 +44,8 @@ def add(sub) -> None:
     p.add_argument("--log-period", type=int, default=20, help="iterations between metrics lines (default: 20)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default: auto)")
     p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
+    p.add_argument("--no-augment", action="store_true",
+                   help="Fusioner: crop only, without the paper's colour / noise / flip / elastic / affine block")
     p.set_defaults(func=main)
 
 
@@ -63,6 +65,11 @@ def config_from_args(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     if args.dataset in FEWSHOT:
         return _train_fusioner(args)
+    if args.no_augment:
+        from cmpf.errors import InputError
+
+        raise InputError(f"--no-augment applies to Fusioner training (--dataset {' or '.join(FEWSHOT)}); drop it "
+                         f"for --dataset {args.dataset}")
     import torch.distributed as dist
 
     from cmpf.train.loop import train
@@ -94,7 +101,7 @@ def _train_fusioner(args: argparse.Namespace) -> int:
     cfg = FusionerTrainConfig(args.dataset, args.fold, args.data_root, args.splits,
                               str(Path(args.out) / "model_final.pth"), model=args.model,
                               clip_weights=args.clip_weights, iters=args.iters, recipe=recipe, seed=args.seed,
-                              device=_device(args.device), log_every=args.log_period)
+                              augment=not args.no_augment, device=_device(args.device), log_every=args.log_period)
     print(f"wrote {train_fusioner(cfg)['checkpoint']}")
     return 0
 

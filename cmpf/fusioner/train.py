@@ -5,11 +5,11 @@ the dataset root with HSNet's split files and a fold; produces ``{"model": state
 in the official layout (the strict loader reads them back). The recipe (FUSIONER_SPEC §8):
 - episodes: the fold's training pairs (``cmpf.data.fewshot.episodes(..., "trn")``), shuffled each epoch;
   target = the binary mask of the episode's class, 255 = ignored;
-- crop (``FU:dataset/resize_crop.py``): one of, at p = 0.5 each, ``RandomResizedCrop(224, scale 0.5-1,
-  ratio 3/4-4/3)`` or ``SmallestMaxSize(224)`` + ``RandomCrop(224)`` (image bilinear, mask nearest);
-  then ``HorizontalFlip`` at 0.5 inside the 0.5-probability augmentation block, i.e. 0.25. **Not
-  implemented** (albumentations 1.1.0 specifics): ColorJitter, GaussNoise, ElasticTransform and
-  ShiftScaleRotate of that block;
+- crop and augmentation (``cmpf.fusioner.augment``, on torchvision): one of, at p = 0.5 each,
+  ``RandomResizedCrop(224, scale 0.5-1, ratio 3/4-4/3)`` or ``SmallestMaxSize(224)`` + ``RandomCrop(224)``;
+  then the ``Compose(p=0.5)`` block of ColorJitter, GaussNoise, HorizontalFlip, ElasticTransform and
+  ShiftScaleRotate (each p = 0.5; PASCAL and COCO parameters), drawn from a generator seeded with
+  ``seed``; ``augment=False`` (``--no-augment``) keeps the crop only. Training only;
 - loss: BCE with logits averaged over the non-ignored pixels of each image (``loss_with_ignored_area``);
 - a batch of 32 episodes = 32 single-image forwards, each ``backward(loss / 32)``, then one step;
 - fusion: AdamW(betas 0.9, 0.999); 2-D+ weights decayed, biases and 1-D parameters not; per-iteration
@@ -34,6 +34,7 @@ from torch import nn
 from cmpf.data.fewshot import FewShotDataset, episodes, load_episode
 from cmpf.errors import InputError
 from cmpf.fusioner import build_model
+from cmpf.fusioner.augment import augment_episode, training_transform
 from cmpf.fusioner.checkpoint import CheckpointError, clip_to_fusioner_keys, read_state_dict
 from cmpf.fusioner.inference import normalise
 from cmpf.fusioner.prompts import tokenize_class
@@ -73,6 +74,7 @@ class FusionerTrainConfig:
     iters: Optional[int] = None  # None: the whole schedule (510 epochs)
     recipe: FusionerRecipe = FusionerRecipe()
     seed: int = 0
+    augment: bool = True  # the Compose(p=0.5) block after the crop (the paper: on)
     device: str = "cpu"
     log_every: int = 20
 
@@ -101,41 +103,6 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor)
     return (loss * keep).sum() / keep.sum() if keep.any() else loss.mean()
 
 
-def random_crop(image: np.ndarray, target: np.ndarray, ignore: np.ndarray, size: int, rng: random.Random):
-    """The training crop + flip: (H, W, 3) uint8 and two (H, W) bool → (S, S, 3) uint8 and two (S, S) bool.
-
-    The image stays uint8 (rounded after the bilinear resize), as albumentations returns it to ``Normalize``.
-    """
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
-    m = torch.from_numpy(np.stack([target, ignore]).astype(np.uint8))[None].float()
-    h, w = image.shape[:2]
-    if rng.random() < 0.5:  # RandomResizedCrop(scale=(0.5, 1), ratio=(3/4, 4/3)), 10 tries, else the centre
-        for _ in range(10):
-            area = h * w * rng.uniform(0.5, 1.0)
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-            if 0 < cw <= w and 0 < ch <= h:
-                top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
-                break
-        else:
-            ch, cw = min(h, w), min(h, w)
-            top, left = (h - ch) // 2, (w - cw) // 2
-        x, m = x[..., top:top + ch, left:left + cw], m[..., top:top + ch, left:left + cw]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        m = F.interpolate(m, size=(size, size), mode="nearest")
-    else:  # SmallestMaxSize(size) then RandomCrop(size)
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        m = F.interpolate(m, size=(nh, nw), mode="nearest")
-        top, left = rng.randint(0, nh - size), rng.randint(0, nw - size)
-        x, m = x[..., top:top + size, left:left + size], m[..., top:top + size, left:left + size]
-    if rng.random() < 0.5 and rng.random() < 0.5:  # HorizontalFlip(p=0.5) inside Compose(p=0.5)
-        x, m = x.flip(-1), m.flip(-1)
-    crop = x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return crop, m[0, 0] > 0.5, m[0, 1] > 0.5
-
-
 def epoch_batches(n: int, batch_size: int, rng: random.Random):
     """Endless batches of episode indices: a fresh shuffle per epoch, the last batch of each epoch partial."""
     while True:
@@ -154,7 +121,9 @@ def train_fusioner(cfg: FusionerTrainConfig, progress: bool = True) -> dict:
     per_epoch = math.ceil(len(todo) / recipe.batch_size)  # DataLoader batches per epoch (last one partial)
     iters = cfg.iters or recipe.epochs * per_epoch
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(cfg.seed)  # the episode order
+    generator = torch.Generator().manual_seed(cfg.seed)  # the crops and augmentations
+    transform = training_transform(cfg.dataset, recipe.crop_size, cfg.augment)
     if cfg.checkpoint:  # a full state dict (or fusion + decoder with clip_weights): strict, as the official loader
         model = build_model(cfg.model, cfg.checkpoint, cfg.clip_weights)
     else:  # from scratch: random fusion and decoder, the CLIP towers from clip_weights when given
@@ -180,7 +149,7 @@ def train_fusioner(cfg: FusionerTrainConfig, progress: bool = True) -> dict:
         total = 0.0
         for episode in batch:
             image, target, ignore = load_episode(episode)
-            crop, target, ignore = random_crop(image, target, ignore, recipe.crop_size, rng)
+            crop, target, ignore = augment_episode(transform, image, target, ignore, generator)
             pixels = normalise(crop, normalisation).to(cfg.device)
             if episode.class_name not in text:
                 with torch.no_grad():

@@ -115,9 +115,27 @@ def test_metric_matches_a_hand_count():
     assert r["episodes"] == 2
 
 
-def test_cmpf_eval_on_generated_pascal(tmp_path, capsys):
-    from cmpf.cli import main
+def _forbid_augmentation(monkeypatch):
+    """Every torchvision v2 transform (the training augmentation's parts) raises when called."""
+    from torchvision.transforms import v2
 
+    def refuse(self, *inputs):
+        raise AssertionError(f"{type(self).__name__} called outside training")
+
+    for cls in (v2.Transform, v2.Compose, v2.RandomApply, v2.RandomChoice):
+        monkeypatch.setattr(cls, "forward", refuse)
+
+
+def test_cmpf_eval_on_generated_pascal(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from cmpf.cli import main
+    from cmpf.fusioner.augment import augment_episode, training_transform
+
+    _forbid_augmentation(monkeypatch)  # evaluation reads its images untouched
+    with pytest.raises(AssertionError, match="outside training"):  # (the patch does reach the augmentation)
+        augment_episode(training_transform("pascal-5i"), np.zeros((240, 240, 3), np.uint8),
+                        np.zeros((240, 240), bool), np.zeros((240, 240), bool), torch.Generator())
     root, splits = tmp_path / "VOC", tmp_path / "splits"
     _pascal(root, splits, np.random.default_rng(0))
     out = tmp_path / "eval.json"
@@ -167,24 +185,6 @@ def test_loss_ignores_the_void_pixels():
     per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     assert masked_bce(logits, target, ignore) == pytest.approx(float(per_pixel[~ignore].mean()))
     assert masked_bce(logits, target, torch.ones_like(ignore)) == pytest.approx(float(per_pixel.mean()))
-
-
-def test_crop_is_224_and_keeps_labels_aligned():
-    import random
-
-    from cmpf.fusioner.train import random_crop
-
-    image = np.zeros((300, 260, 3), np.uint8)
-    image[:, :130] = 200  # left half bright = the target, right half dark
-    target = np.zeros((300, 260), bool)
-    target[:, :130] = True
-    ignore = np.zeros_like(target)
-    rng = random.Random(0)
-    for _ in range(12):
-        crop, t, i = random_crop(image, target, ignore, 224, rng)
-        assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8 and t.shape == i.shape == (224, 224)
-        inside = (crop[..., 0] == 200) == t.numpy()
-        assert inside.mean() > 0.98  # only the resampled boundary column may disagree
 
 
 def test_training_steps_move_only_the_fusion_and_decoder(tmp_path):
