@@ -1,4 +1,4 @@
-"""``cmpf export --model PRESET [--checkpoint CKPT] --out DIR [--format onnx,aoti]``."""
+"""``cmpf export --model PRESET [--checkpoint CKPT [--clip-weights CLIP]] --out DIR [--format onnx,aoti]``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ def add(sub) -> None:
     p = sub.add_parser("export", help="export graphs to ONNX / AOTInductor with a manifest")
     p.add_argument("--model", "--preset", dest="model", required=True, metavar="PRESET", help="preset name, e.g. tiny")
     p.add_argument("--checkpoint", help="weights (.pth); without it: random weights, saved beside the graphs")
+    p.add_argument("--clip-weights", metavar="FILE",
+                   help="Fusioner: OpenAI / open_clip CLIP weights for the frozen towers, when the checkpoint lacks them")
     p.add_argument("--out", required=True, help="artifact directory")
     p.add_argument("--format", default="onnx", help="comma list of onnx, aoti (default: onnx)")
     p.add_argument("--graphs", help="comma list of graphs (default: all)")
@@ -30,6 +32,10 @@ def main(args) -> int:
     from cmpf.errors import InputError
 
     formats = common.csv(args.format) or ()
+    family = common.family(args.model)
+    if args.clip_weights and family != "fusioner":
+        raise InputError(f"--clip-weights applies to Fusioner presets; {args.model} reads CLIP from its checkpoint "
+                         f"(drop --clip-weights)")
     if "triton-repo" in formats:  # the repository is made from an export's files, by its own command
         raise InputError(f"--format triton-repo: a Triton model repository is written from an export; run "
                          f"`cmpf export --model {args.model} --out DIR` and then `cmpf triton-repo --artifacts DIR "
@@ -45,11 +51,11 @@ def main(args) -> int:
                        vocab=args.vocab, classes=args.classes, things=args.things, train_vocab=args.train_vocab,
                        verify=not args.no_verify, external_data=args.external_data,
                        plugins=common.csv(args.plugins) or (), **opset)
-    match common.family(args.model):
+    match family:
         case "fusioner":
             from cmpf.fusioner.export import export_fusioner
 
-            path = export_fusioner(cfg)
+            path = export_fusioner(cfg, clip_weights=args.clip_weights)
         case _:
             path = export_model(cfg)
     print(f"wrote {path}")

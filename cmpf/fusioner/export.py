@@ -1,10 +1,12 @@
 """``export_fusioner``: a Fusioner preset + checkpoint → artifact directory (one file per graph and format + manifest).
 
 The same stages, files and manifest format as CMPF's ``cmpf.export.api.export_model``, reusing its
-functions: build the model (random weights saved as ``weights.pth`` when there is no checkpoint) →
-per graph ``torch.export`` once (``cmpf.export.program``; ``batch`` and ``num_classes`` dynamic, the
-224 window static) → ONNX (``cmpf.export.onnx``, then one ONNX Runtime run against the eager graph at
-batch 1 / K 1, the per-class sizes) and/or AOTInductor (``cmpf.export.aoti``) → ``manifest.json``
+functions: build the model (random weights saved as ``weights.pth`` when there is no checkpoint; a
+separate CLIP file, ``clip_weights``, loaded with the checkpoint as ``cmpf run`` loads it and recorded in
+the manifest, path and sha256, and in its command) → per graph ``torch.export`` once
+(``cmpf.export.program``; ``batch`` and ``num_classes`` dynamic, the 224 window static) → ONNX
+(``cmpf.export.onnx``, then one ONNX Runtime run against the eager graph at batch 1 / K 1, the per-class
+sizes) and/or AOTInductor (``cmpf.export.aoti``) → ``manifest.json``
 (``cmpf.fusioner.manifest``, ``"family": "fusioner"``). Everything is staged beside ``--out`` and moved
 in together, the manifest last.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -31,7 +34,7 @@ from cmpf.fusioner.graphs import call_graph, example_inputs, graph_module, graph
 from cmpf.fusioner.inference import class_names_of
 from cmpf.fusioner.manifest import FusionerManifest
 from cmpf.io import Staging, check_output_dir, sha256_file
-from cmpf.manifest import FORMAT_SUFFIX, MANIFEST_NAME, GraphEntry, GraphFile
+from cmpf.manifest import FORMAT_SUFFIX, MANIFEST_NAME, GraphEntry, GraphFile, WeightsRecord
 from cmpf.tolerances import rel_error
 from cmpf.vocabulary import load_vocabulary
 
@@ -40,13 +43,14 @@ VERIFY_REL_ERROR = 1e-3  # a sanity bound at export time; the parity tests hold 
 
 
 def export_fusioner(cfg: ExportConfig, model=None, options: SegmentOptions = SegmentOptions(),
-                    progress: bool = True) -> Path:
+                    progress: bool = True, clip_weights: Optional[str] = None) -> Path:
     """Export the graphs of the Fusioner preset ``cfg.model``; returns the manifest path.
 
     Args:
         model: an already built ``Fusioner`` of that preset (its weights are saved when ``cfg.checkpoint``
             is None).
         options: the inference options recorded as the runs' defaults (mode, normalisation, window).
+        clip_weights: OpenAI / open_clip CLIP weights for the towers, when ``cfg.checkpoint`` lacks them.
     """
     unsupported = [flag for flag, given in (("--things", cfg.things), ("--train-vocab", cfg.train_vocab),
                                             ("--plugins", cfg.plugins)) if given]
@@ -57,7 +61,11 @@ def export_fusioner(cfg: ExportConfig, model=None, options: SegmentOptions = Seg
     vocabulary = load_vocabulary(cfg.vocab, cfg.classes, None, required=False)
     if vocabulary is not None:
         class_names_of(vocabulary)  # one name per class, each prompt within 77 tokens
-    model = (model or build_model(cfg.model, cfg.checkpoint)).eval().to(cfg.device)
+    if clip_weights is not None and model is None and cfg.checkpoint is None:
+        raise InputError(f"--clip-weights {clip_weights} holds the CLIP towers only; give --checkpoint CKPT (the "
+                         f"fusion and decoder) as well, or neither for random weights")
+    model = (model or build_model(cfg.model, cfg.checkpoint, clip_weights)).eval().to(cfg.device)
+    clip_record = WeightsRecord(str(Path(clip_weights).resolve()), sha256_file(clip_weights)) if clip_weights else None
     specs = graph_specs(model.cfg)
     graphs = list(cfg.graphs or specs)
     missing = sorted(set(graphs) - set(specs))
@@ -90,8 +98,9 @@ def export_fusioner(cfg: ExportConfig, model=None, options: SegmentOptions = Seg
         manifest = FusionerManifest(
             model=model.cfg, inference=options, graphs={g: GraphEntry(specs[g], files.get(g, {})) for g in graphs},
             spec_args={}, files={n: sha256_file(staged / n) for n in names}, producer=producer_versions(),
-            command=cfg.command(), opset=cfg.opset if "onnx" in cfg.formats else None, vocabulary=vocabulary,
-            weights=weights)
+            command=cfg.command() + (" " + shlex.join(["--clip-weights", clip_weights]) if clip_weights else ""),
+            opset=cfg.opset if "onnx" in cfg.formats else None, vocabulary=vocabulary, weights=weights,
+            clip_weights=clip_record)
         manifest.write(staged)
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # the old manifest would vouch for files about to change
     bar.update()

@@ -3,7 +3,9 @@
 ``Manifest.to_json`` writes both: format version, model config, inference options, preprocessing
 constants, vocabulary, weights, graph specs with their files, producer versions, export command, file
 hashes. Here ``model`` is a ``FusionerConfig``, ``inference`` the ``SegmentOptions`` a run defaults to
-(the mode among them) and ``preprocessing`` the dataset normalisation and the sliding window. File
+(the mode among them), ``preprocessing`` the dataset normalisation and the sliding window, and
+``clip_weights`` (when ``cmpf export --clip-weights`` gave them apart from the checkpoint) the CLIP file
+the frozen towers came from, recorded like ``weights`` (absolute path, sha256). File
 verification, artifacts and precision plans are ``cmpf.manifest.Manifest``'s own, so the runners of
 ``cmpf.runtime`` open Fusioner files exactly as CMPF's.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from cmpf.fusioner.config import NORMALISATIONS, FusionerConfig, SegmentOptions
 from cmpf.fusioner.graphs import graph_specs
@@ -41,6 +43,21 @@ class FusionerManifest(Manifest):
     """A ``Manifest`` whose ``model`` is a ``FusionerConfig`` and ``inference`` a ``SegmentOptions``."""
 
     family: ClassVar[str] = FAMILY
+    clip_weights: Optional[WeightsRecord] = None  # the CLIP towers' file, when apart from ``weights``
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        if self.clip_weights is None:
+            return data
+        keys = list(data)  # written right after "weights"
+        keys.insert(keys.index("weights") + 1, "clip_weights")
+        return {k: dataclasses.asdict(self.clip_weights) if k == "clip_weights" else data[k] for k in keys}
+
+    def clip_weights_path(self) -> Optional[Path]:
+        """The verified CLIP file recorded beside the checkpoint, or None when the checkpoint holds the towers."""
+        if self.clip_weights is None:
+            return None
+        return dataclasses.replace(self, weights=self.clip_weights).weights_path()  # the same checks
 
     def preprocessing_constants(self) -> dict:
         return preprocessing(self.model, self.inference)
@@ -64,6 +81,7 @@ class FusionerManifest(Manifest):
                 opset=data["export"].get("opset"),
                 vocabulary=Vocabulary.from_json(data["vocabulary"]) if data.get("vocabulary") else None,
                 weights=WeightsRecord(**data["weights"]) if data.get("weights") else None, directory=directory,
+                clip_weights=WeightsRecord(**data["clip_weights"]) if data.get("clip_weights") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{directory / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: {e}); "

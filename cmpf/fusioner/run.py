@@ -139,8 +139,11 @@ def load_graphs(source: FusionerSource, manifest: Optional[FusionerManifest] = N
     if backend is Backend.TORCH:
         if source.precision and source.precision != "fp32":
             raise InputError(f"--precision {source.precision}: the torch backend runs the fp32 eager model")
-        checkpoint = manifest.weights_path() if manifest is not None else source.checkpoint
-        model = build_model(model_cfg, checkpoint, source.clip_weights).to(source.device)
+        if manifest is not None:  # the files the export recorded
+            checkpoint, clip_weights = manifest.weights_path(), manifest.clip_weights_path()
+        else:
+            checkpoint, clip_weights = source.checkpoint, source.clip_weights
+        model = build_model(model_cfg, checkpoint, clip_weights).to(source.device)
         runners = {g: FusionerTorchRunner(model, g) for g in graph_specs(model_cfg)}
     else:
         runners = load_runners(manifest, backend, source.device, source.precision)

@@ -305,3 +305,46 @@ def test_vitl14_onnx_export_reproduces_the_official_outputs(tmp_path, capsys):
     assert rel_error(ours["logits"], golden["logits_final_f32"][0]) <= bound
     flipped = ours["labels"] != golden["pred_label_u8"][0]  # only where the official logit is within float noise of 0
     assert not flipped.any() or np.abs(golden["logits_final_f32"][0, 0][flipped]).max() < 1e-5
+
+
+def test_export_with_clip_weights_given_apart(tiny_fusioner, tmp_path, capsys):
+    """A fusion + decoder checkpoint and an open_clip-named CLIP file: loaded, exported, recorded, checked."""
+    import torch
+
+    from cmpf.cli import main
+    from cmpf.fusioner import build_model
+    from cmpf.fusioner.graphs import call_graph, example_inputs, graph_module
+    from cmpf.fusioner.manifest import FusionerManifest
+    from cmpf.manifest import ArtifactError
+    from cmpf.runtime import load_runner
+
+    state, towers = tiny_fusioner.state_dict(), ("img_model.", "text_model.")
+    ckpt, clip = tmp_path / "fusion_decoder.pth", tmp_path / "clip.pt"
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith(towers)}}, ckpt)
+    torch.save({("visual." + k.removeprefix("img_model.")) if k.startswith("img_model.") else
+                k.removeprefix("text_model."): v for k, v in state.items() if k.startswith(towers)}, clip)
+    out = tmp_path / "export"
+    assert main(["export", "--model", "tiny-fusioner", "--checkpoint", str(ckpt), "--clip-weights", str(clip),
+                 "--out", str(out), "--graphs", TEXT_ENCODER]) == 0  # one graph: ~5 s instead of ~25 s
+    capsys.readouterr()  # the progress bar
+    manifest = FusionerManifest.read(out)
+    assert manifest.clip_weights.path == str(clip.resolve()) and manifest.weights.path == str(ckpt.resolve())
+    assert manifest.command.endswith(f"--clip-weights {clip}")
+    rebuilt = build_model(manifest.model, manifest.weights_path(), manifest.clip_weights_path()).state_dict()
+    assert rebuilt.keys() == state.keys() and all(torch.equal(rebuilt[k], v) for k, v in state.items())
+    spec = graph_specs(tiny_fusioner.cfg)[TEXT_ENCODER]
+    inputs = example_inputs(spec, class_name="pottedplant")
+    expected = call_graph(graph_module(tiny_fusioner, TEXT_ENCODER), spec, inputs)
+    actual = load_runner("onnxruntime", manifest.artifact(TEXT_ENCODER, "onnx"))(inputs)
+    for name, ref in expected.items():  # the graph holds the given CLIP weights
+        torch.testing.assert_close(actual[name], ref, rtol=1e-4, atol=1e-5)
+
+    with open(clip, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="changed since the export"):
+        manifest.clip_weights_path()
+    _fails(["export", "--model", "tiny", "--clip-weights", str(clip), "--out", str(tmp_path / "a")], capsys,
+           "--clip-weights applies to Fusioner presets")
+    _fails(["export", "--model", "tiny-fusioner", "--clip-weights", str(clip), "--out", str(tmp_path / "b")], capsys,
+           "give --checkpoint CKPT")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
