@@ -26,7 +26,9 @@ transform with the parameters converted to the same effect:
      px. torchvision's displacement is ``alpha · blur / size`` in [-1, 1] grid units, i.e. half as many
      pixels, hence ``v2.ElasticTransform(alpha=2 · 1, sigma=50)``. At these settings the displacement is
      ~0.003 px (a 50-px blur of uniform noise), so this step is in effect the random affine.
-     Difference: the blur's border is reflect (scipy's is symmetric), immaterial at 0.003 px.
+     Differences: the blur's border is reflect (scipy's is symmetric), immaterial at 0.003 px; the centre
+     is (W // 2, H // 2) where albumentations takes (H // 2, W // 2) as (x, y), the same on the square crop;
+     ColorJitter's hue works in float here, on uint8 HSV (0..180) in albumentations.
    - ``ShiftScaleRotate(0.1, 0.1, 20 PASCAL / 10 COCO)`` = ``v2.RandomAffine(degrees, translate=(0.1, 0.1),
      scale=(0.9, 1.1), bilinear)``. Differences: torchvision rounds the shift to whole pixels and rotates
      about (W / 2, H / 2) rather than cv2's (W / 2 - 0.5, H / 2 - 0.5).

@@ -9,7 +9,7 @@ in the official layout (the strict loader reads them back). The recipe (FUSIONER
   ``RandomResizedCrop(224, scale 0.5-1, ratio 3/4-4/3)`` or ``SmallestMaxSize(224)`` + ``RandomCrop(224)``;
   then the ``Compose(p=0.5)`` block of ColorJitter, GaussNoise, HorizontalFlip, ElasticTransform and
   ShiftScaleRotate (each p = 0.5; PASCAL and COCO parameters), drawn from a generator seeded with
-  ``seed``; ``augment=False`` (``--no-augment``) keeps the crop only. Training only;
+  ``seed``; ``augment=False`` (``--no-augment``) keeps the crop only. Evaluation never augments;
 - loss: BCE with logits averaged over the non-ignored pixels of each image (``loss_with_ignored_area``);
 - a batch of 32 episodes = 32 single-image forwards, each ``backward(loss / 32)``, then one step;
 - fusion: AdamW(betas 0.9, 0.999); 2-D+ weights decayed, biases and 1-D parameters not; per-iteration
