@@ -79,8 +79,10 @@ class Engine {
 
   cmpf::Tensors run(const cmpf::GraphIO& io, const cmpf::Tensors& named, cudaStream_t stream) {
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
+    std::vector<at::Tensor> hosts;  // the contiguous host inputs, kept until the stream is synchronised
+    hosts.reserve(io.inputs.size());
     for (const std::string& name : io.inputs) {
-      at::Tensor x = named.at(name).contiguous();
+      const at::Tensor& x = hosts.emplace_back(named.at(name).contiguous());
       if (x.scalar_type() != aten_dtype(engine_->getTensorDataType(name.c_str()), name))
         throw std::runtime_error(path_ + ": input " + name + " has another dtype than the engine's");
       nvinfer1::Dims dims{};
@@ -93,7 +95,6 @@ class Engine {
       check_cuda(cudaMemcpyAsync(buffers.back()->ptr, x.data_ptr(), x.nbytes(), cudaMemcpyHostToDevice, stream),
                  "cudaMemcpyAsync to the device");
       context_->setTensorAddress(name.c_str(), buffers.back()->ptr);
-      // the host tensor must outlive the copy: `named` holds it until after the synchronisation below
     }
     cmpf::Tensors out;
     for (const std::string& name : io.outputs) {
