@@ -26,19 +26,20 @@ MASK_OUTPUTS = ("pred_masks",)
 
 def record_pipeline(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
                     cfg: ModelConfig, options: InferenceOptions = InferenceOptions(),
-                    device: str | torch.device = "cpu") -> tuple[PipelineResult, dict[str, dict[str, torch.Tensor]]]:
+                    device: str | torch.device = "cpu",
+                    text_cache=None) -> tuple[PipelineResult, dict[str, dict[str, torch.Tensor]]]:
     """Segment ``images`` and keep the inputs each graph received (the text encoder's first call:
-    the first ``options.text_batch`` prompts)."""
+    the first ``options.text_batch`` prompts; none when ``text_cache`` already holds the vocabulary)."""
     recorders = {g: RecordingRunner(r) for g, r in runners.items()}
-    result = segment(images, vocabulary, recorders, cfg, options, device=device)
+    result = segment(images, vocabulary, recorders, cfg, options, device=device, text_cache=text_cache)
     return result, {g: r.inputs for g, r in recorders.items() if r.inputs is not None}
 
 
 def capture_graph_inputs(runners: Mapping[str, Runner], images: list[torch.Tensor], vocabulary: Vocabulary,
                          cfg: ModelConfig, options: InferenceOptions = InferenceOptions(),
-                         device: str | torch.device = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+                         device: str | torch.device = "cpu", text_cache=None) -> dict[str, dict[str, torch.Tensor]]:
     """The inputs of every graph when the pipeline segments ``images`` (see ``record_pipeline``)."""
-    return record_pipeline(runners, images, vocabulary, cfg, options, device)[1]
+    return record_pipeline(runners, images, vocabulary, cfg, options, device, text_cache)[1]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from cmpf.errors import CmpfError, ExitCode, InputError, describe_os_error
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "segment images with a checkpoint or exported artifacts"),
     "export": ("export", "export graphs to ONNX / AOTInductor with a manifest"),
-    "quantize": ("quantize", "write fp16 / int8 ONNX graphs beside an export's fp32 files"),
+    "quantize": ("quantize", "write fp16 / bf16 / int8 ONNX graphs beside an export's fp32 files"),
     "build": ("build", "build TensorRT engines from an artifact directory's ONNX graphs"),
     "demo": ("demo", "train the tiny preset on generated scenes, export it, segment held-out scenes with ONNX "
                      "Runtime, compare with PyTorch"),

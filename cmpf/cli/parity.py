@@ -31,6 +31,8 @@ def add(sub) -> None:
     p.add_argument("--vocab-dir", metavar="DIR", help="directory of the official *_with_prompt_eng.txt files")
     p.add_argument("--limit", type=int, help="first N images of the dataset")
     p.add_argument("--synthetic-images", type=int, default=4, help="images of --dataset synthetic (default: 4)")
+    p.add_argument("--synthetic-size", default="64", metavar="HxW",
+                   help="image size of --dataset synthetic: HxW or one side (default: 64)")
     p.add_argument("--out", metavar="DIR", help="write parity.json, parity.md and failing graphs' inputs here")
     p.add_argument("--json", metavar="FILE", help="also write the JSON report to this file")
     p.set_defaults(func=main)
@@ -54,7 +56,8 @@ def main(args) -> int:
     vocabulary = load_vocabulary(args.vocab, classes, args.things)
     cfg = ParityConfig(tuple(candidates), args.reference, eager, tuple(args.image) or (str(SAMPLE_IMAGE),), vocabulary,
                        args.min_size, args.max_size, args.resize, args.fail_on, args.dataset, args.data_root,
-                       args.vocab_dir, args.limit, args.synthetic_images, out_dir=args.out, device=args.device)
+                       args.vocab_dir, args.limit, args.synthetic_images, _size(args.synthetic_size), out_dir=args.out,
+                       device=args.device)
     report = run_parity(cfg)
     markdown = report.to_markdown()
     print(markdown)
@@ -92,3 +95,17 @@ def _parity_fusioner(args) -> int:
         first, n = report["breaches"][0], len(report["breaches"])
         raise CheckFailed(f"parity gate failed: {first}" + (f" (and {n - 1} more breaches)" if n > 1 else ""))
     return 0
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """``--synthetic-size``: ``256x320`` (H, W) or ``64`` (a square side)."""
+    from cmpf.errors import InputError
+
+    try:
+        sides = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 32:
+        raise InputError(f"--synthetic-size {text!r}: give HxW or one side, each at least 32, e.g. 256x320")
+    return sides[0] if len(sides) == 1 else sides
+

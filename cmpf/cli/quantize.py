@@ -6,15 +6,15 @@ from cmpf.cli import common
 
 
 def add(sub) -> None:
-    p = sub.add_parser("quantize", help="write fp16 / int8 ONNX graphs beside an export's fp32 files",
-                       description="Reduced precision written into the graph, as TensorRT 11 builds it: fp16 by "
-                                   "casts (norms, softmax and the reductions stay fp32), int8 by symmetric Q/DQ "
+    p = sub.add_parser("quantize", help="write fp16 / bf16 / int8 ONNX graphs beside an export's fp32 files",
+                       description="Reduced precision written into the graph, as TensorRT 11 builds it: fp16 and bf16 "
+                                   "by casts (norms, softmax and the reductions stay fp32), int8 by symmetric Q/DQ "
                                    "calibrated on images run through the fp32 pipeline. Adds <graph>.<precision>.onnx "
                                    "files and records them in manifest.json; run them with `cmpf run --artifacts DIR "
-                                   "--precision P`.")
+                                   "--precision P` (bf16 files: --backend openvino, or `cmpf build` for TensorRT).")
     p.add_argument("--artifacts", required=True, metavar="DIR", help="directory written by `cmpf export`")
     p.add_argument("--precision", required=True, metavar="P",
-                   help="fp16 or int8 for every graph, or GRAPH=P pairs: 'sam_image_encoder=int8,decoder=fp16' "
+                   help="fp16, bf16 or int8 for every graph, or GRAPH=P pairs: 'sam_image_encoder=int8,decoder=fp16' "
                         "(graphs not named stay fp32)")
     p.add_argument("--calib-images", metavar="DIR", help="calibration images (int8; a few dozen like the ones "
                                                          "you will segment)")

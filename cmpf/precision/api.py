@@ -2,8 +2,9 @@
 
 Order: read and check everything (manifest, plan, calibration folder, tools) → capture the
 calibration feeds with the fp32 pipeline on ONNX Runtime → per graph: write
-``<graph>.<precision>.onnx`` (fp16: casts; int8: Q/DQ), run it once on ONNX Runtime against
-the fp32 file on a captured input → the manifest with the new variants and their recipes. Files
+``<graph>.<precision>.onnx`` (fp16, bf16: casts; int8: Q/DQ), run it once against the fp32 file
+on a captured input (ONNX Runtime; bf16 on OpenVINO, as ONNX Runtime's CPU provider has no bf16
+kernels) → the manifest with the new variants and their recipes. Files
 are staged beside the directory and moved in together, ``manifest.json`` last, so a failure
 leaves the directory as it was.
 """
@@ -23,19 +24,17 @@ from tqdm import tqdm
 from cmpf.errors import InputError, require
 from cmpf.io import Staging, sha256_file
 from cmpf.manifest import MANIFEST_NAME, GraphFile, Manifest, parse_precision, variant_key
-from cmpf.precision import fp16, qdq
+from cmpf.precision import bf16, fp16, qdq
 from cmpf.sample import SAMPLE_IMAGE
 from cmpf.precision.calibration import MIN_IMAGES, CalibrationSet, calibration_set, capture_feeds
 from cmpf.tolerances import rel_error
 from cmpf.vocabulary import Vocabulary
 
-QUANTIZERS = ("fp16", "int8")
+QUANTIZERS = ("fp16", "bf16", "int8")
 # fp8 is not offered: ONNX Runtime 1.30's quantiser moves float8 Q/DQ pairs around Transposes, which
 # its own CPU provider then refuses to load (and it takes only the Distribution calibrator)
 NOT_OFFERED = {"fp8": "ONNX Runtime 1.30's quantiser writes fp8 graphs its CPU provider cannot load (Transpose "
-                      "on float8), so they could not be checked here",
-               "bf16": "bf16 runs as OpenVINO's inference precision (--backend openvino --precision bf16 on the "
-                       "fp32 files)"}
+                      "on float8), so they could not be checked here"}
 # ONNX Runtime 1.30's ORT_ENABLE_ALL level crashes (SIGSEGV) creating a session of the fp16 text encoder;
 # ORT_ENABLE_LAYOUT (every level below it) runs it. Recorded per file, read by the onnxruntime runner.
 ORT_OPTIMIZATION = {"fp16": "layout"}
@@ -128,11 +127,12 @@ def _write(source, dst: Path, precision: str, feeds, cfg: QuantizeConfig, images
 
     src = source.path
     recipe = {"source": src.name, "source_sha256": source.manifest.files[src.name]}
-    if precision == "fp16":
+    if precision in ("fp16", "bf16"):
         keep = fp16.keep_ops(source.graph.name)
-        model = fp16.to_fp16(onnx.load(str(src)), keep, cfg.exclude)
+        model = (fp16.to_fp16 if precision == "fp16" else bf16.to_bf16)(onnx.load(str(src)), keep, cfg.exclude)
         onnx.save(model, str(dst))
-        recipe.update(tool=f"onnxruntime.transformers.float16 {onnxruntime.__version__}", keep_fp32_ops=list(keep),
+        tool = f"onnxruntime.transformers.float16 {onnxruntime.__version__}"
+        recipe.update(tool=tool if precision == "fp16" else f"cmpf.precision.bf16 over {tool}", keep_fp32_ops=list(keep),
                       kept_fp32_nodes=len(fp16.kept_nodes(model, keep)) + len(cfg.exclude),
                       keep_fp32_node_names=list(cfg.exclude), interface="fp32 inputs and outputs")
     else:
@@ -145,7 +145,7 @@ def _write(source, dst: Path, precision: str, feeds, cfg: QuantizeConfig, images
                       qdq=qdq.qdq_facts(onnx.load(str(dst))))
     if precision in ORT_OPTIMIZATION:
         recipe["onnxruntime_optimization"] = ORT_OPTIMIZATION[precision]
-    recipe["check_rel_error"] = _check(src, dst, feeds, source.graph, precision)
+    recipe["check_rel_error"], recipe["check_runtime"] = _check(src, dst, feeds, source.graph, precision)
     return recipe
 
 
@@ -162,17 +162,44 @@ def _preprocessed(src: Path, tmp: Path) -> Path:
     return out
 
 
-def _check(src: Path, dst: Path, feeds, graph, precision: str) -> dict[str, float]:
-    """Run both files on the first captured input and compare the outputs (L2-relative error)."""
+def _check(src: Path, dst: Path, feeds, graph, precision: str) -> tuple[dict[str, float], str]:
+    """Run both files on the first captured input and compare the outputs (L2-relative error); returns the
+    errors and the runtime that ran the new file."""
     import onnxruntime as ort
 
     feed = feeds[0]
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feed)
-    options = ort.SessionOptions()
-    if precision in ORT_OPTIMIZATION:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
-    got = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"]).run(None, feed)
+    if precision == "bf16":
+        got, runtime = _run_openvino(dst, graph, feed)
+    else:
+        options = ort.SessionOptions()
+        if precision in ORT_OPTIMIZATION:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+        got = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"]).run(None, feed)
+        runtime = f"onnxruntime {ort.__version__} CPU"
     names = [t.name for t in graph.outputs]
     return {n: float(rel_error(np.asarray(g, dtype=np.float64), np.asarray(r, dtype=np.float64)))
-            for n, g, r in zip(names, got, ref) if np.asarray(r).dtype.kind == "f"}
+            for n, g, r in zip(names, got, ref) if np.asarray(r).dtype.kind == "f"}, runtime
+
+
+def _run_openvino(path: Path, graph, feed: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
+    """A bf16 file's outputs on OpenVINO: bf16 kernels where the CPU has them, else fp32 compute on the
+    bf16-rounded weights (the file's types still checked by the ONNX frontend)."""
+    import openvino
+    import torch
+
+    from cmpf.errors import EnvironmentProblem
+    from cmpf.runtime.openvino_runner import OpenVinoRunner
+
+    require("openvino", "openvino", "checking bf16 files (ONNX Runtime's CPU provider has no bf16 kernels)")
+    try:
+        runner = OpenVinoRunner(path, graph, inference_precision="bf16")
+    except EnvironmentProblem:  # no bf16 kernels on this CPU
+        runner = OpenVinoRunner(path, graph)
+    try:
+        out = runner({k: torch.from_numpy(v) for k, v in feed.items()})
+        return ([out[t.name].numpy() for t in graph.outputs],
+                f"openvino {openvino.__version__} CPU, {runner.inference_precision} compute")
+    finally:
+        runner.close()
 

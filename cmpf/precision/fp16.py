@@ -44,7 +44,46 @@ def to_fp16(model: onnx.ModelProto, keep: tuple[str, ...], keep_nodes: tuple[str
                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep),
                                         node_block_list=list(keep_nodes), disable_shape_infer=False)
     _dedupe(half)
+    _sort_topologically(half.graph)
     return half
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Order the nodes so each comes after its inputs' producers (the converter appends its casts at the
+    end; ONNX requires the order, ``onnx.checker`` checks it), keeping the original order among ready nodes."""
+    import heapq
+
+    produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    waiting = [{produced_by[t] for t in _reads(n) if t in produced_by} for n in graph.node]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(waiting):
+        for d in deps:
+            readers.setdefault(d, []).append(i)
+    ready = [i for i, deps in enumerate(waiting) if not deps]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for r in readers.get(i, ()):
+            waiting[r].discard(i)
+            if not waiting[r]:
+                heapq.heappush(ready, r)
+    if len(order) != len(graph.node):
+        raise ValueError("fp16 conversion left a cycle in the graph")
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors ``node`` reads, its subgraphs' outer-scope reads included."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+            for inner in sub.node:
+                names |= _reads(inner)
+    return names
 
 
 def _dedupe(model: onnx.ModelProto) -> None:

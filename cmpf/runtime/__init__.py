@@ -17,7 +17,8 @@ from cmpf.manifest import Artifact, ArtifactError, Manifest, parse_precision
 from cmpf.runtime.base import Runner
 
 
-# precisions a backend applies itself to the fp32 files (not files of their own)
+# precisions a backend applies itself, to the fp32 files or to files of that precision (OpenVINO's bf16 hint
+# also runs `cmpf quantize`'s bf16 files)
 RUNTIME_PRECISIONS: dict[Backend, tuple[str, ...]] = {Backend.OPENVINO: ("bf16",)}
 
 
@@ -26,8 +27,8 @@ def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.
     """A runner for one verified graph file (``Manifest.artifact``, of any precision).
 
     For ``torch``, any file of the graph will do: the eager model is rebuilt from the manifest's
-    config and recorded weights. ``precision``: one of ``RUNTIME_PRECISIONS[backend]`` to run an
-    fp32 file at (OpenVINO's inference-precision hint).
+    config and recorded weights. ``precision``: one of ``RUNTIME_PRECISIONS[backend]`` to run the
+    file at (OpenVINO's inference-precision hint, on an fp32 or bf16 file).
     """
     backend = Backend.parse(backend)
     if precision is not None and precision not in RUNTIME_PRECISIONS.get(backend, ()):
@@ -38,6 +39,11 @@ def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.
     match backend:
         case Backend.ONNXRUNTIME:
             require("onnxruntime", "onnx", "the onnxruntime backend")
+            if artifact.precision == "bf16" and torch.device(device).type == "cpu":
+                raise ArtifactError(f"{artifact.path.name}: ONNX Runtime's CPU provider has no bf16 kernels for "
+                                    f"these graphs; run the bf16 files with --backend openvino, or build them for "
+                                    f"TensorRT with `cmpf build --artifacts {artifact.manifest.directory} "
+                                    f"--precision bf16`")
             from cmpf.runtime.onnxruntime_runner import OnnxRuntimeRunner, session_options
 
             options = None
@@ -102,8 +108,9 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
     plan = manifest.runtime_plan(backend.format, precision, runtime=applied)
     runners = {}
     for graph, p in plan.items():
-        if p in applied:  # an fp32 file, run at p by the backend itself
-            runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format), device, p)
+        if p in applied:  # the backend runs at p itself: a p file where `cmpf quantize` wrote one, else fp32
+            file = p if p in manifest.precisions(graph, backend.format) else "fp32"
+            runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format, file), device, p)
         else:
             runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format, p), device)
     return runners

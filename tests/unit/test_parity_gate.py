@@ -90,7 +90,7 @@ def test_gate_passes_identical_and_reports_three_levels(artifacts, tmp_path, cap
 
     out = tmp_path / "report"
     argv = ["parity", "--reference", "torch", "--candidate", f"{artifacts}:onnxruntime", "--dataset", "synthetic",
-            "--synthetic-images", "2", "--fail-on", "rel>1e-4,cos<0.9999,pq_drop>0.1,miou_drop>0.5", "--out",
+            "--synthetic-images", "2", "--synthetic-size", "56x72", "--fail-on", "rel>1e-4,cos<0.9999,pq_drop>0.1,miou_drop>0.5", "--out",
             str(out), *SMALL]
     assert main(argv) == 0
     report = json.loads((out / "parity.json").read_text())
@@ -108,6 +108,7 @@ def test_gate_passes_identical_and_reports_three_levels(artifacts, tmp_path, cap
     md = (out / "parity.md").read_text()
     assert "# cmpf parity: PASS" in md and "(level 3)" in md
     assert report["settings"]["dataset"] == "synthetic" and report["settings"]["min_size"] == 128
+    assert report["settings"]["synthetic_size"] == [56, 72]
     assert "cmpf-parity-synthetic" not in json.dumps(report)  # the generated set's temporary path stays out
 
 
@@ -169,6 +170,7 @@ def test_failing_graphs_without_out_are_named_not_saved():
     (["--candidate", "{a}:tflite"], "unknown backend 'tflite'"),
     (["--candidate", "{a}", "--fail-on", "rel>>1"], "--fail-on: cannot parse rule"),
     (["--candidate", "/nonexistent/dir:onnxruntime"], "is not a directory"),
+    (["--candidate", "{a}", "--dataset", "synthetic", "--synthetic-size", "20x400"], "--synthetic-size '20x400'"),
     (["--candidate", "{a}", "--dataset", "coco-panoptic-val", "--data-root", "{tmp}"], ""),
 ])
 def test_bad_input_exits_2(artifacts, tmp_path, capsys, extra, message):

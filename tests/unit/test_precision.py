@@ -1,4 +1,4 @@
-"""``cmpf quantize``: fp16 casts and int8 Q/DQ graphs of the tiny export, on ONNX Runtime.
+"""``cmpf quantize``: fp16 / bf16 casts and int8 Q/DQ graphs of the tiny export, on ONNX Runtime (bf16: OpenVINO).
 
 One quantised copy of the session's tiny export per precision (module fixtures); each test reads
 the files and the manifest, or runs them, and compares with the fp32 files on inputs captured from
@@ -74,6 +74,12 @@ def fp16_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory):
+    pytest.importorskip("openvino", reason="bf16 files are checked on OpenVINO (pip install 'cmpf[openvino]')")
+    return _quantized(tmp_path_factory, ",".join(f"{g}=bf16" for g in GRAPHS), None)
+
+
+@pytest.fixture(scope="module")
 def int8_dir(tmp_path_factory, calib):
     return _quantized(tmp_path_factory, ",".join(f"{g}=int8" for g in GRAPHS), calib)
 
@@ -109,6 +115,40 @@ def test_fp16_graph_has_casts_half_weights_and_fp32_keep_list(fp16_dir):
         assert artifact.recipe["source_sha256"] == manifest.files[f"{graph}.fp32.onnx"]
 
 
+def test_bf16_graph_retypes_the_fp16_rewrite_with_weights_rounded_from_fp32(bf16_dir):
+    """The bf16 file is the fp16 file's structure in bfloat16: no float16 left, the keep-list in fp32, the
+    interface fp32, and each weight the fp32 original rounded to bf16 (not the fp16 converter's clamped value)."""
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    from cmpf.manifest import Manifest
+    from cmpf.precision.fp16 import keep_ops
+
+    manifest = Manifest.read(bf16_dir)
+    BF16, FP16 = onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16
+    for graph in GRAPHS:
+        artifact = manifest.artifact(graph, "onnx", "bf16")
+        model = onnx.load(str(artifact.path))
+        fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(manifest.artifact(graph, "onnx").path))
+                .graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        casts = [n for n in model.graph.node if n.op_type == "Cast"]
+        assert any(a.i == BF16 for n in casts for a in n.attribute if a.name == "to"), graph
+        assert not any(a.i == FP16 for n in casts for a in n.attribute if a.name == "to"), graph
+        halves = [i for i in model.graph.initializer if i.data_type == BF16]
+        assert halves and not any(i.data_type == FP16 for i in model.graph.initializer), graph
+        for init in halves:
+            got = np.frombuffer(init.raw_data, dtype=ml_dtypes.bfloat16).reshape(init.dims)
+            np.testing.assert_array_equal(got, fp32[init.name].astype(ml_dtypes.bfloat16), err_msg=init.name)
+        types = _types(model)
+        assert FP16 not in types.values(), graph
+        kept = [n for n in model.graph.node if n.op_type in keep_ops(graph)]
+        assert kept and all(types.get(o) != BF16 for n in kept for o in n.output), graph
+        assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input
+                   if i.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, BF16, FP16))
+        assert artifact.recipe["check_runtime"].startswith("openvino "), artifact.recipe
+        assert artifact.recipe["tool"].startswith("cmpf.precision.bf16 over onnxruntime.transformers.float16")
+
+
 def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_dir):
     from cmpf.manifest import Manifest
     from cmpf.precision.qdq import output_heads, qdq_facts
@@ -132,9 +172,9 @@ def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_dir):
         assert len(artifact.recipe["calibration"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_graphs_within_their_tolerance_rows(precision, backend, fp16_dir, int8_dir):
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp16"), ("openvino", "fp16"),
+                                                ("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bf16")])
+def test_reduced_graphs_within_their_tolerance_rows(precision, backend, request):
     """Each graph's outputs on the pipeline's own inputs: the fp32 file on ONNX Runtime against the reduced
     file on ONNX Runtime and on OpenVINO (which runs the same casts and Q/DQ files, int8 kernels included).
 
@@ -148,7 +188,9 @@ def test_reduced_graphs_within_their_tolerance_rows(precision, backend, fp16_dir
 
     if backend == "openvino":
         pytest.importorskip("openvino", reason="the openvino backend needs openvino (pip install 'cmpf[openvino]')")
-    directory = fp16_dir if precision == "fp16" else int8_dir
+    directory = request.getfixturevalue(f"{precision}_dir")
+    if precision == "bf16" and not _has_bf16_kernels():
+        pytest.skip("this CPU has no bf16 kernels (AVX-512 BF16 or AMX): OpenVINO would run the bf16 files in fp32")
     fp32 = load_predictor(ModelSource(artifacts=str(directory)), "onnxruntime")
     low = load_predictor(ModelSource(artifacts=str(directory), precision=precision), backend)
     vocabulary = _vocabulary()
@@ -159,6 +201,23 @@ def test_reduced_graphs_within_their_tolerance_rows(precision, backend, fp16_dir
     assert {r.backend for r in rows} == {backend}
     assert rows and all(r.ok for r in rows), [(r.graph, r.output, r.rel_error, r.tolerance) for r in rows if not r.ok]
     assert max(r.rel_error for r in rows) > 0  # they did run the reduced files
+
+
+def _has_bf16_kernels() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_bf16_files_on_onnxruntime_are_refused_in_one_line(bf16_dir, tmp_path, capsys):
+    from cmpf.cli import main
+    from cmpf.sample import SAMPLE_IMAGE
+
+    rc = main(["run", "--artifacts", str(bf16_dir), "--precision", "bf16", str(SAMPLE_IMAGE), "--classes",
+               exported.CLASSES, "--out", str(tmp_path / "out"), "--no-progress"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "no bf16 kernels" in last and "--backend openvino" in last, last
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_cli_with_precision_and_mixed_plan(int8_dir, fp16_dir, tmp_path):
@@ -184,7 +243,6 @@ def _listing(directory: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("args, message", [
     (["--precision", "int4"], "unknown precision 'int4'"),
-    (["--precision", "bf16"], "bf16 runs as OpenVINO's inference precision"),
     (["--precision", "decoder=fp8"], "fp8: ONNX Runtime 1.30's quantiser writes fp8 graphs its CPU provider cannot"),
     (["--precision", "fp32"], "nothing to do"),
     (["--precision", "int8"], "int8 needs calibration images"),
