@@ -28,7 +28,6 @@ from cmpf.io import write_text
 from cmpf.predictor import ModelSource, Predictor, load_predictor, options_with
 from cmpf.preprocess import load_image
 from cmpf.run import RunConfig, RunResult, run
-from cmpf.spec import GRAPH_NAMES
 from cmpf.vocabulary import Vocabulary
 
 TRAIN_IMAGES, TRAIN_SIZE = 64, 128  # generated training scenes, and the square crop they are trained at
@@ -147,11 +146,8 @@ def _train_and_export(cfg: DemoConfig, out: Path, vocab_file: Path) -> Path:
     things = ";".join(c.name for c in SYNTHETIC_CLASSES if c.isthing)
     print(f"exporting it ({', '.join(formats)}) to {directory} ...")
     torch.manual_seed(cfg.seed)
-    # the demo does not run the SAM-mask ensemble, and AOTInductor cannot compile sam_mask_decoder's
-    # data-dependent filtering (torch.export's PendingUnbackedSymbolNotFound): under --aoti it is left out
-    graphs = tuple(g for g in GRAPH_NAMES if g != "sam_mask_decoder") if cfg.aoti else None
     export_model(ExportConfig("tiny", str(directory), checkpoint=str(trained.final_weights), formats=formats,
-                              graphs=graphs, vocab=str(vocab_file), things=things, train_vocab=str(vocab_file)))
+                              vocab=str(vocab_file), things=things, train_vocab=str(vocab_file)))
     return directory
 
 

@@ -115,7 +115,9 @@ def export_model(cfg: ExportConfig, model=None, progress: bool = True) -> Path:
     missing = sorted(set(graphs) - set(specs))
     if missing:
         raise InputError(f"model {cfg.model} has no graphs {missing}; graphs: {', '.join(specs)}")
-    stages = [(g, step) for g in graphs for step in ("trace",) + tuple(cfg.formats)]
+    # one trace per format: the ONNX exporter consumes the exported program it is given (sam_mask_decoder's
+    # data-dependent sizes then fail AOTInductor's compile with PendingUnbackedSymbolNotFound)
+    stages = [(g, step) for g in graphs for fmt in cfg.formats for step in ("trace", fmt)]
     bar = tqdm(total=len(stages) + 2, desc=f"export {cfg.model}", unit="stage", disable=not progress)
     with Staging(last=(MANIFEST_NAME,)) as stage:  # files reach --out together, the manifest last
         staged = stage.directory(out, "--out")

@@ -58,6 +58,20 @@ def test_all_graph_parity(graph, sizes):
 
 
 @pytest.mark.slow
+def test_onnx_and_aoti_in_one_export_keep_sam_mask_decoder(tmp_path):
+    """Both formats of the graph with data-dependent sizes in one export (one trace each: the ONNX exporter
+    consumes the program it is given, and AOTInductor then failed with PendingUnbackedSymbolNotFound)."""
+    from cmpf.export.api import ExportConfig, export_model
+    from cmpf.manifest import Manifest
+
+    export_model(ExportConfig("tiny", str(tmp_path / "both"), formats=("onnx", "aoti"), graphs=("sam_mask_decoder",)),
+                 model=exported.tiny_model(), progress=False)
+    manifest = Manifest.read(tmp_path / "both")
+    assert {a.format for a in (manifest.artifact("sam_mask_decoder", f) for f in ("onnx", "aoti"))} == {"onnx", "aoti"}
+    _check(tmp_path / "both", "sam_mask_decoder", SIZES[1])
+
+
+@pytest.mark.slow
 def test_cmpf_run_aoti_equals_onnxruntime(tmp_path):
     import numpy as np
 
