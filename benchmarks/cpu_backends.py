@@ -8,7 +8,8 @@ Without ``--onnx`` the graph is exported first with the repo's export API (rando
 does not depend on them). Runners: ONNX Runtime with its default session options, ONNX Runtime
 with ``cmpf``'s tuned options (idle threads sleep) and the same with spinning on, OpenVINO with the
 f32 and the bf16 inference-precision hint (the runner refuses bf16 on a CPU without bf16 kernels;
-then what OpenVINO itself compiles for the hint is recorded, untimed). Each: load time, one warm-up
+then what OpenVINO itself compiles for the hint is recorded, untimed), and where the directory has
+them (``cmpf quantize``) the int8 Q/DQ file on both runtimes and the bf16 file on OpenVINO. Each: load time, one warm-up
 call, ``--iters`` timed calls through the same ``Runner`` call, one runner loaded at a time (each
 holds gigabytes at this size): p50, p90, mean, min, the ratio of its p50 to ONNX Runtime default's,
 and the L2-relative error of its output against ONNX Runtime default (fp32). Also which kernels
@@ -54,8 +55,15 @@ def export_sam(model: str, directory: Path) -> Path:
     return directory
 
 
-def runners(path: Path, spec) -> dict:
-    """name -> a function that opens the runner (opened one at a time: each holds the weights)."""
+def runners(path: Path, spec, variants: dict[str, Path]) -> dict:
+    """name -> a function that opens the runner (opened one at a time: each holds the weights); ``variants``:
+    the directory's reduced-precision files of the graph (``cmpf quantize``) by precision."""
+    found = {}
+    if "int8" in variants:  # the same Q/DQ file on both runtimes (VNNI kernels where the CPU has them)
+        found["onnxruntime tuned, int8 file"] = lambda: OnnxRuntimeRunner(variants["int8"], spec)
+        found["openvino int8 file"] = lambda: OpenVinoRunner(variants["int8"], spec)
+    if "bf16" in variants:  # bf16 casts in the graph, with the bf16 hint
+        found["openvino bf16 file"] = lambda: OpenVinoRunner(variants["bf16"], spec, inference_precision="bf16")
     return {
         "onnxruntime default": lambda: OnnxRuntimeRunner(path, spec, options=ort.SessionOptions()),
         "onnxruntime tuned": lambda: OnnxRuntimeRunner(path, spec),  # cmpf's session: no spinning
@@ -63,6 +71,7 @@ def runners(path: Path, spec) -> dict:
             lambda: OnnxRuntimeRunner(path, spec, options=session_options(spinning=True)),
         "openvino f32": lambda: OpenVinoRunner(path, spec),
         "openvino bf16 hint": lambda: OpenVinoRunner(path, spec, inference_precision="bf16"),
+        **found,
     }
 
 
@@ -180,13 +189,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="cmpf-cpu-backends-") as tmp:
         directory = Path(args.onnx).parent if args.onnx else export_sam(args.model, Path(tmp) / "sam")
-        artifact = Manifest.read(directory).artifact(GRAPH, "onnx")
+        manifest = Manifest.read(directory)
+        artifact = manifest.artifact(GRAPH, "onnx")
+        variants = {p: manifest.artifact(GRAPH, "onnx", p).path for p in manifest.precisions(GRAPH, "onnx")
+                    if p in ("int8", "bf16")}
         spec = artifact.graph
         image = torch.randn(1, 3, *spec.inputs[0].dims[2:], generator=torch.Generator().manual_seed(0))
         inputs = {spec.inputs[0].name: image}  # (1, 3, 1024, 1024)
         env = environment("cpu")
         rows, reference, kernels = [], None, {}
-        for name, open_runner in runners(artifact.path, spec).items():
+        for name, open_runner in runners(artifact.path, spec, variants).items():
             try:
                 row, runner, outputs = measure(name, open_runner, inputs, args.warmup, args.iters)
             except EnvironmentProblem as e:  # bf16 on a CPU without bf16 kernels
@@ -206,7 +218,9 @@ def main() -> None:
     for row in timed:
         row["ratio_to_onnxruntime_default"] = row["p50_ms"] / timed[0]["p50_ms"]
     report = {"graph": GRAPH, "model": args.model, "input": list(image.shape),
-              "weights": "random (timing does not depend on them)", "physical_cores": physical_cores(),
+              "weights": f"{'the --onnx file' if args.onnx else 'random'}'s (timing does not depend on them)",
+              "files": {p: Path(f).name for p, f in {"fp32": artifact.path, **variants}.items()},
+              "physical_cores": physical_cores(),
               "cpu_isa": cpu_isa(), "environment": env, "nice": os.getpriority(os.PRIO_PROCESS, 0),
               "load_average_1_5_15min_at_end": list(os.getloadavg()),
               "results": rows, "kernels": kernels,

@@ -5,8 +5,11 @@
 
 The measurement of issue 18's goals: the full ``frozenseg-convnext-large`` with the golden weights
 (``--golden`` exports them into ``--artifacts`` first, from ``../shared/reference/golden``), the
-golden ``input_image.png`` (300×400) without resize, ADE-150 vocabulary, text embeddings cached
-(the warm-up call encodes them; the timed calls do not). ``--calib N`` quantises int8 with N
+golden ``input_image.png`` (300×400) without resize, ADE-150 vocabulary, text embeddings cached:
+with the golden ADE-150 vocabulary every combination is given the official run's text classifier
+(``B_ade150_golden.npz``, 403 × 768; ``--encode-text`` encodes it with each combination's text
+encoder instead, minutes per combination on 2 cores), so the image side is what is measured and
+compared; the timed calls never run the text encoder. ``--calib N`` quantises int8 with N
 calibration images made from the input image (crops and flips; the only real image here) when the
 directory has no int8 files yet. Each combination: one warm-up, ``--repeats`` timed calls (p50,
 p90, mean, min, per-graph medians), then parity against ``onnxruntime:fp32``: each graph output on
@@ -71,9 +74,27 @@ def calibration_images(image: Path, n: int, out: Path) -> Path:
     return out
 
 
-def measure(artifacts: str, combo: str, image, vocabulary, repeats: int) -> tuple[dict, object, object]:
+def golden_text(vocabulary):
+    """The official run's ADE-150 text classifier, or None when the vocabulary is another one."""
+    from cmpf.text import from_synonym_embeddings
+
+    arrays = np.load(REFERENCE / "golden" / "B_ade150_golden.npz")
+    synonyms = torch.from_numpy(arrays["text_classifier"])
+    if synonyms.shape[0] != sum(vocabulary.num_synonyms):
+        return None
+    return from_synonym_embeddings(synonyms, vocabulary.num_synonyms)
+
+
+def golden_tokens() -> torch.Tensor:
+    """The official run's first 28 ADE-150 prompts as open_clip tokens (28, 77)."""
+    return torch.from_numpy(np.load(REFERENCE / "golden" / "B_ade150_golden.npz")["tokens_first_28_prompts"]).long()
+
+
+def measure(artifacts: str, combo: str, image, vocabulary, repeats: int, text=None) -> tuple[dict, object, object]:
     backend, precision = combo.split(":")
     predictor = load_predictor(ModelSource(artifacts=artifacts, precision=precision), backend)
+    if text is not None:
+        predictor.text_cache.put(vocabulary, text)
     options = options_with(predictor.options, resize=False)
     log: list = []
     predictor.runners = {g: Timed(r, log) for g, r in predictor.runners.items()}
@@ -106,6 +127,8 @@ def main() -> None:
     p.add_argument("--fp16-plan", default=",".join(f"{g}=fp16" for g in graphs.split(",")))
     p.add_argument("--combos", default="onnxruntime:fp32,openvino:fp32,openvino:bf16,onnxruntime:int8,openvino:int8")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--encode-text", action="store_true",
+                   help="encode the vocabulary with each combination's text encoder (default: the golden classifier)")
     args = p.parse_args()
 
     directory = Path(args.artifacts)
@@ -127,18 +150,23 @@ def main() -> None:
                                               vocabulary=vocabulary))
             print(f"quantized {precision} in {time.perf_counter() - start:.0f} s", flush=True)
     image = load_image(args.image)
+    text = None if args.encode_text else golden_text(vocabulary)
     rows, reference = [], None
     skipped = {}
     for combo in combos:
         try:
-            row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats)
+            row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats, text)
         except CmpfError as e:  # e.g. bf16 on a CPU without bf16 kernels
             skipped[combo] = str(e)
             print(f"{combo}: skipped: {e}", flush=True)
             continue
         if reference is None:  # the first combination is the reference (onnxruntime:fp32)
-            reference = (predictor, seg, capture_graph_inputs(
-                predictor.runners, [image], vocabulary, predictor.cfg, options_with(predictor.options, resize=False)))
+            inputs = capture_graph_inputs(predictor.runners, [image], vocabulary, predictor.cfg,
+                                          options_with(predictor.options, resize=False),
+                                          text_cache=predictor.text_cache if text is not None else None)
+            if text is not None:  # the text encoder did not run: its input is the official run's first 28 prompts
+                inputs["text_encoder"] = {"token_ids": golden_tokens()}
+            reference = (predictor, seg, inputs)
         ref_pred, ref_seg, inputs = reference
         tensors = graph_parity(ref_pred.runners, predictor.runners, inputs, row["precision"])
         agreement = image_agreement(Path(args.image).name, ref_seg, seg, vocabulary)
@@ -150,7 +178,9 @@ def main() -> None:
         print(f"{combo}: p50 {row['p50_s']:.2f} s, semantic agreement {agreement.semantic:.4f}", flush=True)
     report = {"schema": "cmpf.cpu_precision/1", "model": ref_pred.cfg.name, "image": Path(args.image).name,
               "input": f"{image.shape[1]}x{image.shape[2]}, no resize", "vocabulary": Path(args.vocab).name,
-              "int8_plan": args.int8_plan, "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows,
+              "text": "encoded by each combination" if text is None else "golden ADE-150 classifier (403 x 768), "
+                      "shared: the text encoder is not compared", "int8_plan": args.int8_plan,
+              "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows,
               "skipped": skipped, "machine": machine()}
     stem = RESULTS / f"cpu_precision_{report['model']}"
     write_json(stem.with_suffix(".json"), report)
