@@ -71,17 +71,23 @@ def _bf16_tensor(values: np.ndarray, name: str) -> TensorProto:
 
 
 def _retype_node(node: onnx.NodeProto) -> None:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == TensorProto.FLOAT16:
+    for attr in _fp16_attributes(node):
+        if attr.type == onnx.AttributeProto.INT:
             attr.i = TensorProto.BFLOAT16
-        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+        else:
             attr.t.CopyFrom(_bf16_tensor(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
 
 
 def _has_fp16(node: onnx.NodeProto) -> bool:
-    return any((a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i == TensorProto.FLOAT16)
-               or (a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16)
-               for a in node.attribute)
+    return any(True for _ in _fp16_attributes(node))
+
+
+def _fp16_attributes(node: onnx.NodeProto):
+    """``node``'s attributes that name or hold float16: a ``to`` / ``dtype`` type, or a constant tensor."""
+    for attr in node.attribute:
+        if (attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == TensorProto.FLOAT16) \
+                or (attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16):
+            yield attr
 
 
 def _graphs(graph: onnx.GraphProto):
