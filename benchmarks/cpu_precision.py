@@ -90,12 +90,21 @@ def golden_tokens() -> torch.Tensor:
     return torch.from_numpy(np.load(REFERENCE / "golden" / "B_ade150_golden.npz")["tokens_first_28_prompts"]).long()
 
 
-def measure(artifacts: str, combo: str, image, vocabulary, repeats: int, text=None) -> tuple[dict, object, object]:
+def official_options(predictor, seen_vocab: str):
+    """The official ADE-150 evaluation's options: no resize, ``seen`` = the COCO panoptic training classes
+    (as ``tests/parity/test_golden.py``; with no seen class every class takes the unseen ensemble weight
+    and the golden image has no panoptic segment)."""
+    return options_with(predictor.options, resize=False).with_seen(load_vocabulary(seen_vocab).classes)
+
+
+def measure(artifacts: str, combo: str, image, vocabulary, repeats: int, seen_vocab: str,
+            text=None) -> tuple[dict, object, object]:
     backend, precision = combo.split(":")
     predictor = load_predictor(ModelSource(artifacts=artifacts, precision=precision), backend)
     if text is not None:
         predictor.text_cache.put(vocabulary, text)
-    options = options_with(predictor.options, resize=False)
+    options = official_options(predictor, seen_vocab)
+    compute = {g: r.inference_precision for g, r in predictor.runners.items() if hasattr(r, "inference_precision")}
     log: list = []
     predictor.runners = {g: Timed(r, log) for g, r in predictor.runners.items()}
     predictor.segment([image], vocabulary, options)  # warm-up; encodes and caches the text
@@ -110,6 +119,8 @@ def measure(artifacts: str, combo: str, image, vocabulary, repeats: int, text=No
     row = {"backend": backend, "precision": precision, "p50_s": statistics.median(times),
            "p90_s": float(np.percentile(times, 90)), "mean_s": statistics.fmean(times), "min_s": min(times),
            "graphs_median_s": {g: statistics.median(v) for g, v in per_graph.items()}}
+    if compute:  # OpenVINO's inference precision per graph (int8 files: the ops between the Q/DQ pairs)
+        row["openvino_compute"] = compute
     return row, predictor, seg
 
 
@@ -119,6 +130,8 @@ def main() -> None:
     p.add_argument("--golden", action="store_true", help="export the golden weights into --artifacts first")
     p.add_argument("--image", default=str(REFERENCE / "golden" / "input_image.png"))
     p.add_argument("--vocab", default=str(REFERENCE / "vocabularies" / "ade20k_150_with_prompt_eng.txt"))
+    p.add_argument("--seen-vocab", default=str(REFERENCE / "vocabularies" / "coco_panoptic_with_prompt_eng.txt"),
+                   help="training vocabulary whose classes are 'seen' by the ensemble (official: COCO panoptic)")
     p.add_argument("--calib", type=int, default=8, help="calibration images to make if int8 files are missing")
     graphs = "text_encoder,clip_image_encoder,sam_image_encoder,decoder,mask_classifier"  # the SAM masks graph
     # runs only with --sam-ensemble
@@ -155,14 +168,14 @@ def main() -> None:
     skipped = {}
     for combo in combos:
         try:
-            row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats, text)
+            row, predictor, seg = measure(str(directory), combo, image, vocabulary, args.repeats, args.seen_vocab, text)
         except CmpfError as e:  # e.g. bf16 on a CPU without bf16 kernels
             skipped[combo] = str(e)
             print(f"{combo}: skipped: {e}", flush=True)
             continue
         if reference is None:  # the first combination is the reference (onnxruntime:fp32)
             inputs = capture_graph_inputs(predictor.runners, [image], vocabulary, predictor.cfg,
-                                          options_with(predictor.options, resize=False),
+                                          official_options(predictor, args.seen_vocab),
                                           text_cache=predictor.text_cache if text is not None else None)
             if text is not None:  # the text encoder did not run: its input is the official run's first 28 prompts
                 inputs["text_encoder"] = {"token_ids": golden_tokens()}
@@ -180,7 +193,7 @@ def main() -> None:
               "input": f"{image.shape[1]}x{image.shape[2]}, no resize", "vocabulary": Path(args.vocab).name,
               "text": "encoded by each combination" if text is None else "golden ADE-150 classifier (403 x 768), "
                       "shared: the text encoder is not compared", "int8_plan": args.int8_plan,
-              "fp16_plan": args.fp16_plan, "repeats": args.repeats, "rows": rows,
+              "fp16_plan": args.fp16_plan, "seen": Path(args.seen_vocab).name, "repeats": args.repeats, "rows": rows,
               "skipped": skipped, "machine": machine()}
     stem = RESULTS / f"cpu_precision_{report['model']}"
     write_json(stem.with_suffix(".json"), report)
@@ -195,13 +208,15 @@ def markdown(report: dict) -> str:
               *[f"{g} s" for g in graphs]]
     table = format_table(header, [[r["backend"], r["precision"], f"{r['p50_s']:.2f}", f"{r['p90_s']:.2f}",
                                    f"{r['min_s']:.2f}", f"{r['ratio_to_first']:.2f}", r["goal_s"] or "-",
-                                   f"{r['semantic_agreement']:.4f}", f"{r['pq_vs_fp32']:.1f}",
+                                   f"{r['semantic_agreement']:.4f}", "-" if r["pq_vs_fp32"] is None else f"{r['pq_vs_fp32']:.1f}",
                                    *[f"{r['graphs_median_s'].get(g, float('nan')):.2f}" for g in graphs]]
                                   for r in report["rows"]])
     m = report["machine"]
     return (f"# {report['model']}: end to end on CPU, per backend × precision\n\n{report['image']} "
             f"({report['input']}), {report['vocabulary']}, text cached, {report['repeats']} timed calls after a "
-            f"warm-up. int8 files: `cmpf quantize --precision {report['int8_plan']}`. Machine: {m['cpu']}, "
+            f"warm-up; seen classes: {report.get('seen', 'none')}. int8 files: `cmpf quantize --precision "
+            f"{report['int8_plan']}`; OpenVINO runs the ops between their Q/DQ pairs in bf16 where the CPU has bf16 "
+            f"kernels. Machine: {m['cpu']}, "
             f"{m['logical_cores']} logical cores, load average at start {m['load_average_1_5_15min'][0]:.2f}.\n\n"
             f"{table}\n" + "".join(f"\nSkipped {c}: {why}\n" for c, why in report.get("skipped", {}).items()))
 

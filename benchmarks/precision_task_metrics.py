@@ -1,4 +1,4 @@
-"""What fp16 and int8 cost in task metrics, on a model that does something: ``results/precision_task_tiny.{json,md}``.
+"""What fp16, bf16 and int8 cost in task metrics, on a model that does something: ``results/precision_task_tiny.{json,md}``.
 
     python benchmarks/precision_task_metrics.py [--artifacts demo_out/artifacts --calib-images DIR]
         [--scenes 16] [--train-iters 200]
@@ -6,8 +6,11 @@
 A random-weight model paints every pixel one class, so its PQ says nothing about a precision. This
 script takes the model `make demo` fits (the ``tiny`` preset trained by ``cmpf.train`` on generated
 scenes; fitted here in a temporary directory unless ``--artifacts`` names a demo's export), writes its
-fp16 and int8 graphs with ``cmpf quantize`` (int8 calibrated on the training scenes, the default
-minmax recipe), and compares each precision on ONNX Runtime with the fp32 export through
+fp16, bf16 and int8 graphs with ``cmpf quantize`` (int8 calibrated on the training scenes, the default
+minmax recipe), and compares fp16 and int8 on ONNX Runtime and bf16 and int8 on OpenVINO (ONNX
+Runtime's CPU provider has no bf16 kernels; OpenVINO runs the int8 files' other ops in bf16 where the CPU
+has bf16 kernels; bf16 is skipped, with the reason in the report, on a CPU whose OpenVINO offers no
+BF16) with the fp32 export through
 ``cmpf parity`` at all three levels: tensors on the sample image, each held-out scene end to end,
 and PQ / mIoU / AP on held-out scenes (another generator seed than the training scenes), against the
 scenes' ground truth for both sides. The fp32 export itself is the reference: its gap to PyTorch is
@@ -33,7 +36,7 @@ from cmpf.precision.api import QuantizeConfig, quantize_artifacts
 from cmpf.sample import SAMPLE_IMAGE
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PRECISIONS = ("fp16", "int8")
+SIDES = ("onnxruntime:fp16", "onnxruntime:int8", "openvino:bf16", "openvino:int8")
 HELD_OUT_SEED = 1001  # the demo trains on seed 0 and scores on seed 1: a third set, seen by neither
 
 
@@ -41,6 +44,24 @@ def _fit(work: Path, train_iters: int) -> tuple[Path, Path]:
     """The demo's trained export and its training images (``cmpf demo`` in ``work``)."""
     run_demo(DemoConfig(out_dir=str(work), train_iters=train_iters, scenes=2, iters=1))
     return work / "artifacts", work / "data" / "coco" / "train2017"
+
+
+def _sides() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The candidate sides this machine can run, and the reason for each one it cannot."""
+    sides, skipped = [], {}
+    for side in SIDES:
+        backend, precision = side.split(":")
+        if backend == "openvino":
+            try:
+                import openvino as ov
+            except ImportError:
+                skipped[side] = "openvino is not installed"
+                continue
+            if precision == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                skipped[side] = "OpenVINO has no bf16 kernels on this CPU (needs AVX-512 BF16 or AMX)"
+                continue
+        sides.append(f"trained:{side}")
+    return tuple(sides), skipped
 
 
 def main() -> int:
@@ -67,16 +88,19 @@ def main() -> int:
         try:
             torch.manual_seed(0)
             quantize_artifacts(QuantizeConfig("trained", "fp16"))
+            quantize_artifacts(QuantizeConfig("trained", "bf16"))
             quantize_artifacts(QuantizeConfig("trained", "int8", calib_images=str(calib)))
+            sides, skipped = _sides()
             report = run_parity(ParityConfig(
-                tuple(f"trained:onnxruntime:{p}" for p in PRECISIONS), "trained:onnxruntime",
+                sides, "trained:onnxruntime",
                 images=(str(SAMPLE_IMAGE),), resize=False, dataset="synthetic", synthetic_images=args.scenes,
                 synthetic_size=SCENE_SIZE, synthetic_seed=HELD_OUT_SEED))
         finally:
             os.chdir(home)
-    markdown = report.to_markdown()
+    markdown = report.to_markdown() + "".join(f"\nskipped `trained:{s}`: {why}\n" for s, why in skipped.items())
     result = {"benchmark": "precision_task_metrics", "machine": environment(),
-              "train_iters": None if args.artifacts else args.train_iters, "report": report.to_json()}
+              "train_iters": None if args.artifacts else args.train_iters, "skipped": skipped,
+              "report": report.to_json()}
     print(markdown)
     print(f"wrote {write_json(out / 'precision_task_tiny.json', result)}")
     print(f"wrote {write_text(out / 'precision_task_tiny.md', markdown + chr(10))}")

@@ -65,6 +65,8 @@ def load_runner(backend: str | Backend, artifact: Artifact, device: str | torch.
             require("openvino", "openvino", "the openvino backend")
             from cmpf.runtime.openvino_runner import OpenVinoRunner
 
+            if precision is None and artifact.precision == "int8":  # the ops between the Q/DQ pairs in bf16
+                precision = "auto"  # where the CPU has bf16 kernels (OpenVinoRunner)
             return OpenVinoRunner(artifact.path, artifact.graph, device, inference_precision=precision)
         case Backend.TENSORRT:
             require("tensorrt", "trt", "the tensorrt backend")

@@ -150,12 +150,15 @@ def test_runners_released_in_any_order_keep_the_threads_signal_stack(artifacts):
     import subprocess
     import sys
 
+    from cmpf.export.program import TraceSizes, example_inputs
     from cmpf.runtime.openvino_runner import OpenVinoRunner, signal_stack
 
     faulthandler.enable()  # gives this thread an alternate signal stack (pytest's does too)
     before = signal_stack()
     artifact = exported.artifact(artifacts, "mask_classifier", "onnx")
     first, second = (OpenVinoRunner(artifact.path, artifact.graph) for _ in range(2))
+    inputs = example_inputs(artifact.graph, TraceSizes(*SIZES["b1-96x128-k2"]), seed=5)
+    first(inputs), second(inputs)  # each compiles its model on its first call
     del first  # the first made released first: the order that broke it
     gc.collect()
     del second
@@ -166,3 +169,26 @@ def test_runners_released_in_any_order_keep_the_threads_signal_stack(artifacts):
         assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0  # its SIGCHLD is delivered
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+def test_each_input_shape_compiles_static_and_the_oldest_is_dropped(artifacts, runners):
+    """Static models per shape (the CPU plugin fuses attention only there), at most ``shapes`` kept; the
+    outputs at every shape stay within the fp32 bound of ONNX Runtime; ``shapes=0``: one dynamic model."""
+    from cmpf.export.program import TraceSizes, example_inputs
+    from cmpf.runtime.openvino_runner import OpenVinoRunner
+
+    artifact = exported.artifact(artifacts, "decoder", "onnx")
+    runner, dynamic = OpenVinoRunner(artifact.path, artifact.graph, shapes=1), OpenVinoRunner(
+        artifact.path, artifact.graph, shapes=0)
+    for sizes in (*SIZES.values(), SIZES["b1-96x128-k2"]):
+        inputs = example_inputs(artifact.graph, TraceSizes(*sizes), seed=5)
+        expected = runners[0]["decoder"](inputs)
+        for r in (runner, dynamic):
+            actual = r(inputs)
+            for name, ref in expected.items():
+                assert rel_error(actual[name], ref) < rel_tolerance("openvino", "fp32"), name
+        (compiled, _), = runner._requests.values()
+        assert all(port.get_partial_shape().is_static for port in compiled.inputs)
+        assert tuple(compiled.inputs[0].get_partial_shape().to_shape()) == tuple(inputs[artifact.graph.inputs[0].name].shape)
+    (compiled, _), = dynamic._requests.values()
+    assert not all(port.get_partial_shape().is_static for port in compiled.inputs)
