@@ -93,8 +93,9 @@ class OpenVinoRunner:
                 bf16 where the CPU has bf16 kernels, else fp32 (what ``load_runner`` asks for int8 files).
             shapes: input shapes kept compiled. Each new shape is compiled static on its first call (the
                 CPU plugin fuses attention into one kernel only in static models: SAM ViT-B bf16 2.7 s
-                static vs 3.7 s dynamic on 2 Sapphire Rapids cores); the least recently used is dropped
-                beyond ``shapes``. 0: one dynamic-shape model for every shape.
+                static vs 3.7 s dynamic on two AMX Xeon cores); the least recently used is dropped
+                beyond ``shapes``. 0: one dynamic-shape model for every shape (also where a static compile
+                fails: OpenVINO 2026.4 throws on the bf16 files' attention in static models).
         """
         self.graph = graph
         self.device = torch.device(device)
@@ -130,11 +131,17 @@ class OpenVinoRunner:
         if key in self._requests:
             self._requests.move_to_end(key)
             return self._requests[key]
-        model = self._model
-        if self.shapes and not all(port.get_partial_shape().is_static for port in model.inputs):
+        compiled = None
+        if self.shapes and not all(port.get_partial_shape().is_static for port in self._model.inputs):
             model = self._model.clone()
             model.reshape({port: ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, key)})
-        compiled = self._core.compile_model(model, "CPU", self._config)
+            try:
+                compiled = self._core.compile_model(model, "CPU", self._config)
+            except RuntimeError:  # OpenVINO 2026.4 cannot fuse the bf16 files' fp32 softmax casts in static
+                self.shapes, key = 0, ()  # models ("Topological order is required"): dynamic from now on
+                self._requests.clear()
+        if compiled is None:
+            compiled = self._core.compile_model(self._model, "CPU", self._config)
         self.threads = compiled.get_property(props.inference_num_threads)
         self._requests[key] = compiled, compiled.create_infer_request()
         while len(self._requests) > max(self.shapes, 1):

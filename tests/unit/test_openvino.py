@@ -189,6 +189,7 @@ def test_each_input_shape_compiles_static_and_the_oldest_is_dropped(artifacts, r
                 assert rel_error(actual[name], ref) < rel_tolerance("openvino", "fp32"), name
         (compiled, _), = runner._requests.values()
         assert all(port.get_partial_shape().is_static for port in compiled.inputs)
-        assert tuple(compiled.inputs[0].get_partial_shape().to_shape()) == tuple(inputs[artifact.graph.inputs[0].name].shape)
+        first = artifact.graph.inputs[0].name
+        assert tuple(compiled.inputs[0].get_partial_shape().to_shape()) == tuple(inputs[first].shape)
     (compiled, _), = dynamic._requests.values()
     assert not all(port.get_partial_shape().is_static for port in compiled.inputs)
