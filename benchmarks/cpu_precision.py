@@ -151,6 +151,7 @@ def main() -> None:
     p.add_argument("--fp16-plan", default=",".join(f"{g}=fp16" for g in graphs.split(",")))
     p.add_argument("--combos", default="onnxruntime:fp32,openvino:fp32,openvino:bf16,onnxruntime:int8,openvino:int8")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tag", help="results as cpu_precision_<model>_<tag>.* (another artifacts set of the model)")
     p.add_argument("--encode-text", action="store_true",
                    help="encode the vocabulary with each combination's text encoder (default: the golden classifier)")
     args = p.parse_args()
@@ -208,7 +209,8 @@ def main() -> None:
                       "shared: the text encoder is not compared", "int8_plan": args.int8_plan,
               "fp16_plan": args.fp16_plan, "seen": Path(args.seen_vocab).name, "repeats": args.repeats, "rows": rows,
               "skipped": skipped, "machine": machine()}
-    stem = RESULTS / f"cpu_precision_{report['model']}"
+    report["tag"] = args.tag
+    stem = RESULTS / f"cpu_precision_{report['model']}{'_' + args.tag if args.tag else ''}"
     write_json(stem.with_suffix(".json"), report)
     write_text(stem.with_suffix(".md"), markdown(report))
     plot(report, stem.with_suffix(".png"))

@@ -160,7 +160,7 @@ class OpenVinoRunner:
             model.reshape(wanted)
 
     def _check_ports(self, path) -> None:
-        """The compiled model's inputs and outputs must be the spec's: names, order, ranks, dtypes."""
+        """The model's inputs and outputs must be the spec's: names, order, ranks, dtypes."""
         for kind, actual, expected in (("inputs", self._model.inputs, self.graph.inputs),
                                        ("outputs", self._model.outputs, self.graph.outputs)):
             want = [(t.name, len(t.dims), t.dtype) for t in expected]
