@@ -9,6 +9,7 @@ segments and the top-k instances, at the original image size, with the official 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,21 +37,28 @@ def masks_to_image(mask_logits: torch.Tensor, padded_size: tuple[int, int], imag
     """(Q, h, w) stride-4 logits → (Q, H0, W0): upsample to the padded input, crop, resize."""
     x = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(x.shape[-2:]) == tuple(output_size):  # not resized: bilinear at scale 1 is the identity
+        return x[0]
     return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)[0]
 
 
-def semantic_inference(mask_cls: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(Q, K+1) log-probs, (Q, H, W) logits → (K, H, W) scores: Σ_q p(q, c) σ(m_q)."""
-    return torch.einsum("qc,qhw->chw", mask_cls.softmax(-1)[..., :-1], masks.sigmoid())
+def semantic_inference(mask_cls: torch.Tensor, masks: torch.Tensor,
+                       probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(Q, K+1) log-probs, (Q, H, W) logits → (K, H, W) scores: Σ_q p(q, c) σ(m_q).
+
+    ``probs``: ``masks.sigmoid()`` where the caller has it (the same values, computed once)."""
+    return torch.einsum("qc,qhw->chw", mask_cls.softmax(-1)[..., :-1], masks.sigmoid() if probs is None else probs)
 
 
 def panoptic_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: torch.Tensor,
-                       object_mask_threshold: float, overlap_threshold: float):
-    """Official panoptic merge. Returns (H, W) int32 ids and the segments list."""
+                       object_mask_threshold: float, overlap_threshold: float,
+                       probs: Optional[torch.Tensor] = None):
+    """Official panoptic merge. Returns (H, W) int32 ids and the segments list (``probs``: as above)."""
     scores, labels = mask_cls.softmax(-1).max(-1)
     num_classes = mask_cls.shape[-1] - 1
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], masks[keep].sigmoid()
+    cur_scores, cur_classes = scores[keep], labels[keep]
+    cur_masks = masks[keep].sigmoid() if probs is None else probs[keep]
     h, w = masks.shape[-2:]
     panoptic = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
     segments: list[dict] = []
@@ -83,19 +91,22 @@ def panoptic_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: to
 
 
 def instance_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: torch.Tensor, topk: int,
-                       panoptic_on: bool = True):
-    """Top-k (query, class) pairs; with panoptic on, thing classes only. Score × mean mask prob."""
+                       panoptic_on: bool = True, probs: Optional[torch.Tensor] = None):
+    """Top-k (query, class) pairs; with panoptic on, thing classes only. Score × mean mask prob
+    (``probs``: as above)."""
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
     scores = mask_cls.softmax(-1)[:, :-1]
     labels = torch.arange(num_classes, device=masks.device).repeat(num_queries)
     top_scores, top_idx = scores.flatten().topk(min(topk, scores.numel()), sorted=False)
     top_labels = labels[top_idx]
-    top_masks = masks[top_idx // num_classes]
+    top_query = top_idx // num_classes
     if panoptic_on:
         keep = is_thing.to(masks.device)[top_labels]
-        top_scores, top_labels, top_masks = top_scores[keep], top_labels[keep], top_masks[keep]
+        top_scores, top_labels, top_query = top_scores[keep], top_labels[keep], top_query[keep]
+    top_masks = masks[top_query]
+    top_probs = top_masks.sigmoid() if probs is None else probs[top_query]
     binary = (top_masks > 0).float()
-    mask_scores = (top_masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    mask_scores = (top_probs.flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     return top_scores * mask_scores, top_labels, top_masks > 0
 
 
@@ -109,7 +120,9 @@ def postprocess(mask_cls: torch.Tensor, mask_logits: torch.Tensor, *, padded_siz
     """
     masks = masks_to_image(mask_logits, padded_size, image_size, output_size)
     mask_cls = mask_cls.to(masks)
-    semantic = semantic_inference(mask_cls, masks) if sam is None else sam.merge(mask_cls, masks)
-    panoptic, segments = panoptic_inference(mask_cls, masks, is_thing, object_mask_threshold, overlap_threshold)
-    scores, classes, inst_masks = instance_inference(mask_cls, masks, is_thing, topk)
+    probs = masks.sigmoid()  # once, for the three outputs
+    semantic = semantic_inference(mask_cls, masks, probs) if sam is None else sam.merge(mask_cls, masks)
+    panoptic, segments = panoptic_inference(mask_cls, masks, is_thing, object_mask_threshold, overlap_threshold,
+                                            probs)
+    scores, classes, inst_masks = instance_inference(mask_cls, masks, is_thing, topk, probs=probs)
     return Segmentation(semantic, panoptic, segments, scores, classes, inst_masks, class_names)

@@ -117,7 +117,7 @@ def test_generate_with_crops_matches_segment_anything(sharp_sam, image):
     encoder, decoder = runners(sharp_sam)
     kwargs = dict(LOW, crop_n_layers=1, crop_n_points_downscale_factor=2)
     mine = generate_masks(torch.from_numpy(image).permute(2, 0, 1), encoder, decoder,
-                          SamMaskOptions(channel_order="rgb", **kwargs), TINY_SAM.img_size)
+                          SamMaskOptions(channel_order="rgb", source="image", **kwargs), TINY_SAM.img_size)
     assert_same_as_pip(mine, pip_masks(sharp_sam, image, **kwargs))
 
 
