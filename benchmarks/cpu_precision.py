@@ -35,6 +35,7 @@ from cmpf.errors import CmpfError
 from cmpf.io import write_json, write_text
 from cmpf.manifest import Manifest
 from cmpf.predictor import ModelSource, load_predictor, options_with
+from cmpf.tolerances import SEMANTIC_GAP_LOW_PRECISION as DECIDED_GAP
 from cmpf.preprocess import load_image
 from cmpf.vocabulary import load_vocabulary
 from cmpf.bench.environment import environment as machine
@@ -44,7 +45,6 @@ RESULTS = Path(__file__).parent / "results"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 GOALS_S = {"fp32": 8.0, "bf16": 5.0, "fp16": 5.0, "int8": 3.5}  # issue 18, best backend per precision
 AGREEMENT_GOAL = {"fp16": 0.99, "bf16": 0.99, "int8": 0.97}
-DECIDED_GAP = 0.02  # fp32's top-2 semantic scores this far apart (relative): a pixel the weights decide
 
 
 def decided_agreement(reference, candidate, gap: float = DECIDED_GAP) -> tuple[float, float]:
@@ -208,8 +208,7 @@ def main() -> None:
               "text": "encoded by each combination" if text is None else "golden ADE-150 classifier (403 x 768), "
                       "shared: the text encoder is not compared", "int8_plan": args.int8_plan,
               "fp16_plan": args.fp16_plan, "seen": Path(args.seen_vocab).name, "repeats": args.repeats, "rows": rows,
-              "skipped": skipped, "machine": machine()}
-    report["tag"] = args.tag
+              "skipped": skipped, "machine": machine(), "tag": args.tag}
     stem = RESULTS / f"cpu_precision_{report['model']}{'_' + args.tag if args.tag else ''}"
     write_json(stem.with_suffix(".json"), report)
     write_text(stem.with_suffix(".md"), markdown(report))

@@ -53,11 +53,11 @@ def _sides() -> tuple[tuple[str, ...], dict[str, str]]:
         backend, precision = side.split(":")
         if backend == "openvino":
             try:
-                import openvino as ov
+                from cmpf.runtime.openvino_runner import has_bf16_kernels
             except ImportError:
                 skipped[side] = "openvino is not installed"
                 continue
-            if precision == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            if precision == "bf16" and not has_bf16_kernels():
                 skipped[side] = "OpenVINO has no bf16 kernels on this CPU (needs AVX-512 BF16 or AMX)"
                 continue
         sides.append(f"trained:{side}")

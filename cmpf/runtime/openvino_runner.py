@@ -74,6 +74,12 @@ def _signal_stack_kept() -> Iterator[None]:
             _LIBC.sigaltstack(ctypes.byref(saved), None)
 
 
+def has_bf16_kernels(core: Optional["ov.Core"] = None) -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 kernels here (AVX-512 BF16 or AMX)."""
+    with _signal_stack_kept():
+        return "BF16" in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def _name(port, expected: Optional[str]) -> str:
     """The port's name: ``expected`` when it is one of the port's tensor names (OpenVINO keeps aliases)."""
     return expected if expected in port.get_names() else port.get_any_name()
@@ -104,13 +110,14 @@ class OpenVinoRunner:
         precision = inference_precision or "fp32"
         if precision not in (*_PRECISIONS, "auto"):
             raise InputError(f"OpenVINO inference precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
-        self.path, self.shapes = Path(path), shapes
+        self.shapes = shapes
         with _signal_stack_kept():  # every OpenVINO call of the set-up (module docstring)
             self._core = ov.Core()
-            capabilities = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            bf16 = has_bf16_kernels(self._core)
             if precision == "auto":
-                precision = "bf16" if "BF16" in capabilities else "fp32"
-            if precision == "bf16" and "BF16" not in capabilities:
+                precision = "bf16" if bf16 else "fp32"
+            if precision == "bf16" and not bf16:
+                capabilities = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
                 raise EnvironmentProblem(f"OpenVINO has no bf16 kernels on this CPU (it offers "
                                          f"{', '.join(capabilities)}; bf16 needs AVX-512 BF16 or AMX); run the fp32 "
                                          f"or int8 files instead")
