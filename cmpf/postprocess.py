@@ -53,40 +53,49 @@ def semantic_inference(mask_cls: torch.Tensor, masks: torch.Tensor,
 def panoptic_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: torch.Tensor,
                        object_mask_threshold: float, overlap_threshold: float,
                        probs: Optional[torch.Tensor] = None):
-    """Official panoptic merge. Returns (H, W) int32 ids and the segments list (``probs``: as above)."""
+    """Official panoptic merge. Returns (H, W) int32 ids and the segments list (``probs``: as above).
+
+    The official per-query loop (three full-image reductions per kept query) as one pass: every pixel
+    belongs to its argmax query, so the areas are bincounts over ``mask_ids`` and the segment ids a
+    lookup table; the loop that remains runs over scalars, in the official order (ids, stuff merging and
+    areas are the same)."""
     scores, labels = mask_cls.softmax(-1).max(-1)
     num_classes = mask_cls.shape[-1] - 1
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     cur_scores, cur_classes = scores[keep], labels[keep]
     cur_masks = masks[keep].sigmoid() if probs is None else probs[keep]
     h, w = masks.shape[-2:]
-    panoptic = torch.zeros((h, w), dtype=torch.int32, device=masks.device)
-    segments: list[dict] = []
-    if cur_masks.shape[0] == 0:
-        return panoptic, segments
+    n = cur_masks.shape[0]
+    if n == 0:
+        return torch.zeros((h, w), dtype=torch.int32, device=masks.device), []
     mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    inside = cur_masks.gather(0, mask_ids[None])[0] >= 0.5  # the pixel is in its own query's mask
+    mask_area = torch.bincount(mask_ids.flatten(), minlength=n).tolist()
+    original_area = (cur_masks >= 0.5).flatten(1).sum(1).tolist()
+    kept_area = torch.bincount(mask_ids[inside], minlength=n).tolist()
+    lut = [0] * n  # query → segment id (0: void)
     stuff_ids: dict[int, int] = {}
+    segments: list[dict] = []
     current = 0
-    for k in range(cur_classes.shape[0]):
-        pred_class = int(cur_classes[k])
-        isthing = bool(is_thing[pred_class])
-        mask_area = int((mask_ids == k).sum())
-        original_area = int((cur_masks[k] >= 0.5).sum())
-        mask = (mask_ids == k) & (cur_masks[k] >= 0.5)
-        if mask_area == 0 or original_area == 0 or int(mask.sum()) == 0:
+    things = torch.as_tensor(is_thing, device=cur_classes.device)[cur_classes].tolist()
+    for k, (pred_class, thing) in enumerate(zip(cur_classes.tolist(), things)):
+        if mask_area[k] == 0 or original_area[k] == 0 or kept_area[k] == 0:
             continue
-        if mask_area / original_area < overlap_threshold:
+        if mask_area[k] / original_area[k] < overlap_threshold:
             continue
-        if not isthing:
+        if not thing:
             if pred_class in stuff_ids:  # merge stuff regions of one class
-                panoptic[mask] = stuff_ids[pred_class]
+                lut[k] = stuff_ids[pred_class]
                 continue
             stuff_ids[pred_class] = current + 1
         current += 1
-        panoptic[mask] = current
-        segments.append({"id": current, "isthing": isthing, "category_id": pred_class})
+        lut[k] = current
+        segments.append({"id": current, "isthing": bool(thing), "category_id": pred_class})
+    table = torch.tensor(lut, dtype=torch.int32, device=masks.device)
+    panoptic = torch.where(inside, table[mask_ids], torch.zeros((), dtype=torch.int32, device=masks.device))
+    areas = torch.bincount(panoptic.flatten().long(), minlength=current + 1).tolist()
     for seg in segments:
-        seg["area"] = int((panoptic == seg["id"]).sum())
+        seg["area"] = areas[seg["id"]]
     return panoptic, segments
 
 
@@ -103,11 +112,12 @@ def instance_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: to
     if panoptic_on:
         keep = is_thing.to(masks.device)[top_labels]
         top_scores, top_labels, top_query = top_scores[keep], top_labels[keep], top_query[keep]
-    top_masks = masks[top_query]
-    top_probs = top_masks.sigmoid() if probs is None else probs[top_query]
-    binary = (top_masks > 0).float()
-    mask_scores = (top_probs.flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-    return top_scores * mask_scores, top_labels, top_masks > 0
+    # the mask terms once per distinct query (top-k pairs share queries), then spread to the pairs
+    queries, pair_query = torch.unique(top_query, return_inverse=True)
+    positive = masks[queries] > 0
+    query_probs = masks[queries].sigmoid() if probs is None else probs[queries]
+    mask_scores = (query_probs * positive).flatten(1).sum(1) / (positive.flatten(1).sum(1) + 1e-6)
+    return top_scores * mask_scores[pair_query], top_labels, positive[pair_query]
 
 
 def postprocess(mask_cls: torch.Tensor, mask_logits: torch.Tensor, *, padded_size, image_size, output_size,
