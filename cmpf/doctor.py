@@ -1,11 +1,16 @@
-"""``cmpf doctor``: what this machine offers (torch/CUDA, ONNX Runtime providers, OpenVINO devices, Triton,
-TensorRT)."""
+"""``cmpf doctor``: what this machine offers (torch/CUDA, the CPU's vector and matrix units, ONNX Runtime
+providers, OpenVINO devices, Triton, TensorRT)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import platform
+from pathlib import Path
+
+# /proc/cpuinfo flag -> name; what decides which reduced-precision CPU paths run natively
+CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx_vnni", "AVX-VNNI"), ("avx512_vnni", "AVX-512 VNNI"),
+                ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"), ("amx_int8", "AMX-INT8"))
 
 
 def _version(module: str) -> str:
@@ -26,6 +31,7 @@ def report() -> list[tuple[str, str]]:
             ("cuda", f"{torch.version.cuda} ({torch.cuda.device_count()} device(s))"
              if torch.cuda.is_available() else "not available"),
             ("cpu threads", str(torch.get_num_threads()))]
+    rows.extend(cpu_rows())
     if torch.cuda.is_available():
         rows.append(("gpu", torch.cuda.get_device_name(0)))
     for name in ("open_clip", "segment_anything", "onnx", "onnxruntime", "openvino", "triton", "tensorrt"):
@@ -41,6 +47,28 @@ def report() -> list[tuple[str, str]]:
         rows.extend(_openvino_rows())
     rows.append(("g++ (AOTInductor CPU)", _which("g++")))
     return rows
+
+
+def cpu_rows(cpuinfo: str | None = None) -> list[tuple[str, str]]:
+    """The CPU's model, its AVX2 / AVX-512 / VNNI / BF16 / AMX units (Linux ``/proc/cpuinfo``; ``cpuinfo``: its
+    text) and what they mean for ``--precision int8`` and ``bf16``."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)  # the last CPU's lines
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "flags" not in fields:
+        return [("cpu", platform.processor() or "unknown"), ("cpu features", "unknown (no /proc/cpuinfo flags)")]
+    flags = set(fields["flags"].split())
+    have = [name for flag, name in CPU_FEATURES if flag in flags]
+    vnni = flags & {"avx_vnni", "avx512_vnni", "amx_int8"}
+    bf16 = flags & {"avx512_bf16", "amx_bf16"}
+    return [("cpu", fields.get("model name", "unknown")),
+            ("cpu features", ", ".join(have) or "none of " + ", ".join(n for _, n in CPU_FEATURES)),
+            ("cpu int8", "VNNI / AMX int8 dot products" if vnni else
+             "no VNNI or AMX: int8 matmuls take the slower AVX2 / AVX-512 path"),
+            ("cpu bf16", "bf16 kernels (--backend openvino --precision bf16 runs)" if bf16 else
+             "no bf16 kernels: --backend openvino --precision bf16 is refused; run fp32 or int8")]
 
 
 def _openvino_rows() -> list[tuple[str, str]]:
