@@ -28,6 +28,7 @@ from cmpf.precision import bf16, fp16, qdq
 from cmpf.sample import SAMPLE_IMAGE
 from cmpf.precision.calibration import MIN_IMAGES, CalibrationSet, calibration_set, capture_feeds
 from cmpf.tolerances import rel_error
+from cmpf.text import TextClassifier
 from cmpf.vocabulary import Vocabulary
 
 QUANTIZERS = ("fp16", "bf16", "int8")
@@ -54,6 +55,7 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()  # more node names kept out of Q/DQ / kept fp32
     quantize_heads: bool = False  # also quantise the output heads (excluded by default)
     vocabulary: Optional[Vocabulary] = None  # calibration vocabulary (default: the manifest's)
+    text: Optional[TextClassifier] = None  # its text classifier where the caller has it (not encoded again)
 
     def __post_init__(self) -> None:
         if self.method not in qdq.METHODS:
@@ -84,6 +86,9 @@ def quantize_artifacts(cfg: QuantizeConfig, progress: bool = True) -> Path:
                          + (f" ({why})" if why else ""))
     sources = {g: manifest.artifact(g, "onnx") for g in targets}  # verified fp32 files
     calibrated = {g for g, p in targets.items() if p in CALIBRATED}
+    if cfg.text is not None and "text_encoder" in calibrated:
+        raise InputError(f"--precision text_encoder={targets['text_encoder']} is calibrated on the vocabulary's "
+                         f"prompts, which a given text classifier skips; keep text_encoder fp32 or encode the prompts")
     if calibrated or cfg.calib_images:
         images = calibration_set(cfg.calib_images, cfg.calib_limit, cfg.calib_min)
     else:  # fp16 needs no calibration: its check runs on the bundled sample image
@@ -118,7 +123,8 @@ def _capture(manifest: Manifest, images: CalibrationSet, graphs: set[str], cfg: 
     options = predictor.options
     if "sam_mask_decoder" in graphs and not options.sam_ensemble:
         options = dataclasses.replace(options, sam_ensemble=True)  # the only path that runs that graph
-    return capture_feeds(predictor.runners, images, vocabulary, predictor.cfg, options, graphs, progress=progress)
+    return capture_feeds(predictor.runners, images, vocabulary, predictor.cfg, options, graphs, progress=progress,
+                         text=cfg.text)
 
 
 def _write(source, dst: Path, precision: str, feeds, cfg: QuantizeConfig, images: Optional[CalibrationSet]) -> dict:

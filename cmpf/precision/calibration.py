@@ -64,14 +64,19 @@ def calibration_set(directory: Optional[str], limit: Optional[int] = None,
 
 def capture_feeds(runners: Mapping[str, Runner], images: CalibrationSet, vocabulary: Vocabulary, cfg: ModelConfig,
                   options: InferenceOptions, graphs: set[str], max_calls: int = 64,
-                  progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
-    """{graph: [feed, ...]}: the inputs ``graphs`` receive while the pipeline segments every image."""
+                  progress: bool = True, text=None) -> dict[str, list[dict[str, np.ndarray]]]:
+    """{graph: [feed, ...]}: the inputs ``graphs`` receive while the pipeline segments every image.
+
+    ``text``: the vocabulary's ``TextClassifier`` where the caller has it (the text encoder does not run,
+    so it cannot be among ``graphs``)."""
     from cmpf.pipeline import segment
     from cmpf.preprocess import load_image
     from cmpf.text import TextCache
 
     recorders = {g: (RecordingRunner(r, limit=max_calls) if g in graphs else r) for g, r in runners.items()}
     text_cache = TextCache(recorders["text_encoder"], options.text_batch)  # the vocabulary is encoded once
+    if text is not None:
+        text_cache.put(vocabulary, text)
     for path in tqdm(images.paths, desc="calibrate", unit="image", disable=not progress):
         segment([load_image(path)], vocabulary, recorders, cfg, options, text_cache=text_cache)
     feeds = {g: [{k: v.cpu().numpy() for k, v in call.items()} for call in r.calls]

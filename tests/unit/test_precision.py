@@ -271,3 +271,30 @@ def test_bad_input_one_line_nothing_written(args, message, tmp_path, capsys, cal
     assert message and __import__("re").search(message, err), err
     assert "Traceback" not in err
     assert _listing(directory) == before
+
+
+def test_calibration_takes_a_given_text_classifier_and_never_runs_the_text_encoder(calib, tmp_path):
+    from cmpf.errors import InputError
+    from cmpf.precision.api import QuantizeConfig, quantize_artifacts
+    from cmpf.precision.calibration import calibration_set, capture_feeds
+    from cmpf.predictor import ModelSource, load_predictor
+
+    directory = exported.tiny_export(("onnx",))
+    predictor = load_predictor(ModelSource(artifacts=str(directory)), "onnxruntime")
+    vocabulary = _vocabulary()
+    text = predictor.text_cache.get(vocabulary)
+
+    def refuse(inputs):
+        raise AssertionError("the text encoder ran")
+
+    runners = {**predictor.runners, "text_encoder": refuse}
+    feeds = capture_feeds(runners, calibration_set(str(calib)), vocabulary, predictor.cfg, predictor.options,
+                          {"decoder"}, progress=False, text=text)
+    assert len(feeds["decoder"]) == 4
+    assert np.array_equal(feeds["decoder"][0]["text_embeddings"], text.embeddings.numpy())
+    copy = exported.copy_of(directory, tmp_path / "a")
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(InputError, match="text_encoder=int8 is calibrated on the vocabulary's prompts"):
+        quantize_artifacts(QuantizeConfig(str(copy), "text_encoder=int8,decoder=int8", calib_images=str(calib),
+                                          vocabulary=vocabulary, text=text), progress=False)
+    assert sorted(p.name for p in copy.iterdir()) == before
