@@ -71,7 +71,7 @@ def panoptic_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: to
     mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
     inside = cur_masks.gather(0, mask_ids[None])[0] >= 0.5  # the pixel is in its own query's mask
     mask_area = torch.bincount(mask_ids.flatten(), minlength=n).tolist()
-    original_area = (cur_masks >= 0.5).flatten(1).sum(1).tolist()
+    original_area = (cur_masks >= 0.5).flatten(1).sum(1, dtype=torch.int32).tolist()  # int32: half the bool sum's time
     kept_area = torch.bincount(mask_ids[inside], minlength=n).tolist()
     lut = [0] * n  # query → segment id (0: void)
     stuff_ids: dict[int, int] = {}
@@ -116,7 +116,7 @@ def instance_inference(mask_cls: torch.Tensor, masks: torch.Tensor, is_thing: to
     queries, pair_query = torch.unique(top_query, return_inverse=True)
     positive = masks[queries] > 0
     query_probs = masks[queries].sigmoid() if probs is None else probs[queries]
-    mask_scores = (query_probs * positive).flatten(1).sum(1) / (positive.flatten(1).sum(1) + 1e-6)
+    mask_scores = (query_probs * positive).flatten(1).sum(1) / (positive.flatten(1).sum(1, dtype=torch.int32) + 1e-6)
     return top_scores * mask_scores[pair_query], top_labels, positive[pair_query]
 
 
