@@ -10,8 +10,9 @@ MinMax, Entropy and Percentile over the inputs of ``cmpf.precision.calibration``
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -31,6 +32,35 @@ def weight_ops(model: onnx.ModelProto) -> list[str]:
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in model.graph.node if n.op_type in QUANT_OPS and any(i in constants for i in n.input[1:2])]
+
+
+def calibrated_tensors(model: onnx.ModelProto, nodes: Iterable[str]) -> set[str]:
+    """The activation inputs and the outputs of ``nodes`` (not initialisers or constants): the tensors ONNX
+    Runtime's static Q/DQ pass needs a range for."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted = set(nodes)
+    return {t for n in model.graph.node if n.name in wanted for t in (*n.input, *n.output) if t and t not in constants}
+
+
+@contextlib.contextmanager
+def _calibrating_only(tensors: set[str]) -> Iterator[None]:
+    """ONNX Runtime's calibrators record the inputs and outputs of every node of the quantised op types, so
+    attention's activation×activation MatMuls too: SAM ViT-B's global-attention logits at 1024² are 805 MB a
+    tensor, and keeping them all ran a 24 GB machine out of memory. Only ``tensors`` are recorded here."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    select = CalibraterBase.select_tensors_to_calibrate
+
+    def only(self, model):
+        found, value_infos = select(self, model)
+        return found & tensors, value_infos
+
+    CalibraterBase.select_tensors_to_calibrate = only
+    try:
+        yield
+    finally:
+        CalibraterBase.select_tensors_to_calibrate = select
 
 
 def output_heads(model: onnx.ModelProto) -> list[str]:
@@ -86,11 +116,13 @@ def quantize(src: Path, dst: Path, feeds: Iterable[Mapping[str, np.ndarray]], pr
              "CalibStridedMinMax": 1, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    nodes = sorted(set(weight_ops(onnx.load(str(src), load_external_data=False))) - set(exclude))
-    quantize_static(str(src), str(dst), FeedReader(list(feeds)), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(QUANT_OPS), per_channel=True, activation_type=qtype,
-                    weight_type=qtype, nodes_to_quantize=nodes, nodes_to_exclude=list(exclude), calibrate_method=calibrate,
-                    use_external_data_format=external_data, extra_options=extra)
+    model = onnx.load(str(src), load_external_data=False)
+    nodes = sorted(set(weight_ops(model)) - set(exclude))
+    with _calibrating_only(calibrated_tensors(model, nodes)):
+        quantize_static(str(src), str(dst), FeedReader(list(feeds)), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANT_OPS), per_channel=True, activation_type=qtype,
+                        weight_type=qtype, nodes_to_quantize=nodes, nodes_to_exclude=list(exclude),
+                        calibrate_method=calibrate, use_external_data_format=external_data, extra_options=extra)
     return {"scheme": "symmetric Q/DQ, zero point 0", "weights": "per-channel", "activations": "per-tensor", "quantized_nodes": len(nodes), "calibration_method": method,
             "excluded_nodes": sorted(exclude)}
 

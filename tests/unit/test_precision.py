@@ -298,3 +298,54 @@ def test_calibration_takes_a_given_text_classifier_and_never_runs_the_text_encod
         quantize_artifacts(QuantizeConfig(str(copy), "text_encoder=int8,decoder=int8", calib_images=str(calib),
                                           vocabulary=vocabulary, text=text), progress=False)
     assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_calibration_records_only_the_qdq_inputs_and_writes_the_same_graph(tmp_path, monkeypatch):
+    """ONNX Runtime's calibrators record every input and output of the quantised op types (attention's
+    activation×activation logits too: out of memory on 24 GB for SAM ViT-B at 1024²); cmpf records only the
+    tensors that get Q/DQ, and the file is the one the full recording gives."""
+    import contextlib
+
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    from cmpf.precision import qdq
+
+    src = exported.artifact(exported.tiny_export(("onnx",)), "sam_image_encoder", "onnx").path
+    model = onnx.load(str(src))
+    dims = [[d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    rng = np.random.default_rng(0)
+    feeds = [{i.name: rng.normal(size=shape).astype(np.float32) for i, shape in zip(model.graph.input, dims)}
+             for _ in range(2)]
+    recorded = []
+
+    def watched(restrict):
+        @contextlib.contextmanager
+        def context(tensors):  # what the calibrator ends up recording, with or without the restriction
+            with (qdq_context(tensors) if restrict else contextlib.nullcontext()):
+                select = CalibraterBase.select_tensors_to_calibrate
+
+                def spy(self, m):
+                    found = select(self, m)
+                    recorded.append(found[0])
+                    return found
+
+                CalibraterBase.select_tensors_to_calibrate = spy
+                try:
+                    yield
+                finally:
+                    CalibraterBase.select_tensors_to_calibrate = select
+        return context
+
+    qdq_context = qdq._calibrating_only
+    monkeypatch.setattr(qdq, "_calibrating_only", watched(True))
+    qdq.quantize(src, tmp_path / "only.onnx", feeds)
+    monkeypatch.setattr(qdq, "_calibrating_only", watched(False))
+    qdq.quantize(src, tmp_path / "all.onnx", feeds)
+    only, everything = recorded
+    assert only == qdq.calibrated_tensors(model, qdq.weight_ops(model)) & everything
+    softmax = {o for n in model.graph.node if n.op_type == "Softmax" for o in n.output}
+    assert softmax & everything and not softmax & only  # attention's probabilities are no longer recorded
+    a, b = onnx.load(str(tmp_path / "only.onnx")), onnx.load(str(tmp_path / "all.onnx"))
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert all(np.array_equal(onnx.numpy_helper.to_array(i), values[i.name]) for i in a.graph.initializer)
