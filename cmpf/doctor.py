@@ -66,7 +66,8 @@ def cpu_rows(cpuinfo: str | None = None) -> list[tuple[str, str]]:
     return [("cpu", fields.get("model name", "unknown")),
             ("cpu features", ", ".join(have) or "none of " + ", ".join(n for _, n in CPU_FEATURES)),
             ("cpu int8", "VNNI / AMX int8 dot products" if vnni else
-             "no VNNI or AMX: int8 matmuls take the slower AVX2 / AVX-512 path"),
+             "no VNNI or AMX: int8 is no faster than fp32 on such CPUs (SAM ViT-B on an AVX2 EPYC: ONNX Runtime "
+             "1.0x, OpenVINO 0.6x; benchmarks/results/sam_int8_cpu_epyc-avx2.md), run fp32"),
             ("cpu bf16", "bf16 kernels (--backend openvino --precision bf16 runs)" if bf16 else
              "no bf16 kernels: --backend openvino --precision bf16 is refused; run fp32 or int8")]
 
