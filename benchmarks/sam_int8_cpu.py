@@ -45,14 +45,18 @@ def onnxruntime_call(path: Path, x: np.ndarray):
     return lambda: session.run(None, {name: x})[0]
 
 
-def openvino_call(path: Path, x: np.ndarray):
+def openvino_call(path: Path, x: np.ndarray, precision_hint: str | None = None):
+    """A static-shape OpenVINO CPU call; ``precision_hint`` (``f32``, ``bf16``) sets the inference precision."""
     import openvino as ov
     import openvino.properties.hint as hints
 
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
-    compiled = core.compile_model(model, "CPU", {hints.performance_mode: hints.PerformanceMode.LATENCY})
+    config = {hints.performance_mode: hints.PerformanceMode.LATENCY}
+    if precision_hint:
+        config[hints.inference_precision] = getattr(ov.Type, precision_hint)
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     return lambda: request.infer({0: x})[compiled.outputs[0]].copy()
 
@@ -84,16 +88,20 @@ def main() -> None:
     print(markdown(report))
 
 
+def machine_line(report: dict) -> str:
+    """The CPU, its units and the load, as the reports' first sentence."""
+    cpu, m = report["cpu"], report["machine"]
+    return (f"{cpu['cpu']}: {cpu['cpu features']}; {m['logical_cores']} logical cores, load average at the end "
+            f"{m['load_average_1_5_15min'][0]:.2f}.")
+
+
 def markdown(report: dict) -> str:
     lines = ["| backend | precision | p50 s | min s | speed-up vs first | L2-rel vs first |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['backend']} | {r['precision']} | {r['p50_s']:.2f} | {r['min_s']:.2f} | {r['speedup_vs_first']:.2f} "
               f"| {r['rel_error_vs_first']:.1e} |" for r in report["rows"]]
-    cpu, m = report["cpu"], report["machine"]
-    return (f"# {report['graph']} ({report['input']}) on this CPU, fp32 vs int8\n\n{cpu['cpu']}: "
-            f"{cpu['cpu features']}; {m['logical_cores']} logical cores, load average at the end "
-            f"{m['load_average_1_5_15min'][0]:.2f}. int8: {cpu.get('cpu int8', '?')}. {report['repeats']} timed "
-            f"calls after a warm-up.\n\n" + "\n".join(lines) + "\n")
-
+    return (f"# {report['graph']} ({report['input']}) on this CPU, fp32 vs int8\n\n{machine_line(report)} int8: "
+            f"{report['cpu'].get('cpu int8', '?')}. {report['repeats']} timed calls after a warm-up.\n\n"
+            + "\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

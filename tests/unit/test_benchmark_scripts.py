@@ -1,6 +1,6 @@
 """The benchmark scripts themselves work (they are run by hand, on a GPU for kernels.py): a smoke run of
-``benchmarks/kernels.py`` under the Triton interpreter and the Markdown rebuild of ``benchmarks/graphs.py``.
-Timings are not asserted (benchmarks are not timed tests); the reported parity is."""
+``benchmarks/kernels.py`` under the Triton interpreter, the Markdown rebuild of ``benchmarks/graphs.py``
+and the exactness of the rewrites ``benchmarks/sam_attention_variants.py`` times. Timings are not asserted (benchmarks are not timed tests); the reported parity is."""
 
 from __future__ import annotations
 
@@ -43,3 +43,24 @@ def test_graphs_markdown_rebuilds_from_the_committed_json(model):
     assert table == (report.with_suffix(".md")).read_text() + "\n"  # the committed table is this JSON's
     for graph in data["input_shapes"]:
         assert f"| {graph}" in table
+
+
+def test_sam_attention_rewrites_compute_the_official_modules_numbers(monkeypatch):
+    """``benchmarks/sam_attention_variants.py`` times rewrites that must be exact: same outputs as
+    segment-anything's modules, here at a small size with window padding (16 tokens, windows of 7)."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import sam_attention_variants as variants
+
+    x = torch.randn(2, 16, 16, 64)
+    with torch.no_grad():
+        for case, modules in variants.modules(grid=16, dim=64, heads=2, window=7).items():
+            official = modules["official"](x)
+            for name, module in modules.items():
+                torch.testing.assert_close(module(x), official, rtol=1e-5, atol=1e-6, msg=f"{case}: {name}")
+    windowed = variants.modules(grid=16, dim=64, heads=2, window=7)["windowed block"]
+    real = variants._pad_with
+    monkeypatch.setattr(variants, "_pad_with", lambda t, value, size: real(t, torch.zeros_like(value), size))
+    with torch.no_grad():  # zeros in the padded tokens' qkv (not its bias) is a wrong rewrite: it must show
+        assert not torch.allclose(windowed["unpadded"](x), windowed["official"](x), rtol=1e-3, atol=1e-4)
