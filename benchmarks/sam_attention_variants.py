@@ -35,7 +35,7 @@ from segment_anything.modeling.image_encoder import (Attention, Block, add_decom
 from cmpf.bench.environment import environment
 from cmpf.doctor import cpu_rows
 from cmpf.io import write_json, write_text
-from sam_int8_cpu import machine_line, onnxruntime_call, openvino_call, timed
+from sam_int8_cpu import machine_line, onnxruntime_call, openvino_call, report_markdown, timed
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -154,12 +154,12 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| case | variant | backend | hint | p50 s | min s | speed-up vs official | L2-rel vs official (eager) |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['variant']} | {r['backend']} | {r['hint']} | {r['p50_s']:.3f} | {r['min_s']:.3f} "
-              f"| {r['speedup_vs_official']:.2f} | {r['rel_vs_official']:.1e} |" for r in report["rows"]]
-    return (f"# SAM ViT-B attention: segment-anything's modules vs two exact rewrites ({report['input']})\n\n"
-            f"{machine_line(report)} {report['repeats']} timed calls after a warm-up.\n\n" + "\n".join(lines) + "\n")
+    return report_markdown(
+        f"SAM ViT-B attention: segment-anything's modules vs two exact rewrites ({report['input']})",
+        f"{machine_line(report)} {report['repeats']} timed calls after a warm-up.",
+        ["case", "variant", "backend", "hint", "p50 s", "min s", "speed-up vs official", "L2-rel vs official (eager)"],
+        [[r["case"], r["variant"], r["backend"], r["hint"], f"{r['p50_s']:.3f}", f"{r['min_s']:.3f}",
+          f"{r['speedup_vs_official']:.2f}", f"{r['rel_vs_official']:.1e}"] for r in report["rows"]])
 
 if __name__ == "__main__":
     main()

@@ -6,11 +6,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import platform
-from pathlib import Path
 
-# /proc/cpuinfo flag -> name; what decides which reduced-precision CPU paths run natively
-CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx_vnni", "AVX-VNNI"), ("avx512_vnni", "AVX-512 VNNI"),
-                ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"), ("amx_int8", "AMX-INT8"))
+from cmpf.cpu import FEATURES, WITHOUT_INT8_UNITS, cpu_info
 
 
 def _version(module: str) -> str:
@@ -52,24 +49,15 @@ def report() -> list[tuple[str, str]]:
 def cpu_rows(cpuinfo: str | None = None) -> list[tuple[str, str]]:
     """The CPU's model, its AVX2 / AVX-512 / VNNI / BF16 / AMX units (Linux ``/proc/cpuinfo``; ``cpuinfo``: its
     text) and what they mean for ``--precision int8`` and ``bf16``."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)  # the last CPU's lines
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    if "flags" not in fields:
-        return [("cpu", platform.processor() or "unknown"), ("cpu features", "unknown (no /proc/cpuinfo flags)")]
-    flags = set(fields["flags"].split())
-    have = [name for flag, name in CPU_FEATURES if flag in flags]
-    vnni = flags & {"avx_vnni", "avx512_vnni", "amx_int8"}
-    bf16 = flags & {"avx512_bf16", "amx_bf16"}
-    return [("cpu", fields.get("model name", "unknown")),
-            ("cpu features", ", ".join(have) or "none of " + ", ".join(n for _, n in CPU_FEATURES)),
-            ("cpu int8", "VNNI / AMX int8 dot products" if vnni else
-             "no VNNI or AMX: int8 is no faster than fp32 on such CPUs (SAM ViT-B on an AVX2 EPYC: ONNX Runtime "
-             "1.0x, OpenVINO 0.6x; benchmarks/results/sam_int8_cpu_epyc-avx2.md), run fp32"),
-            ("cpu bf16", "bf16 kernels (--backend openvino --precision bf16 runs)" if bf16 else
-             "no bf16 kernels: --backend openvino --precision bf16 is refused; run fp32 or int8")]
+    cpu = cpu_info(cpuinfo)
+    if cpu.flags is None:
+        return [("cpu", cpu.model), ("cpu features", "unknown (no /proc/cpuinfo flags)")]
+    return [("cpu", cpu.model),
+            ("cpu features", ", ".join(cpu.features) or "none of " + ", ".join(n for _, n in FEATURES)),
+            ("cpu int8", "VNNI / AMX int8 dot products" if cpu.int8_dot_products else WITHOUT_INT8_UNITS),
+            ("cpu bf16", "bf16 kernels (--backend openvino --precision bf16 runs)" if cpu.bf16_units else
+             "no bf16 kernels: --backend openvino --precision bf16 is refused; run fp32"
+             + (" or int8" if cpu.int8_dot_products else ""))]
 
 
 def _openvino_rows() -> list[tuple[str, str]]:

@@ -4,9 +4,9 @@ Every command module has ``add(subparsers)`` (its flags) and a ``main(args) -> i
 dataclass → library call → print what was written. Library code raises ``cmpf.errors.CmpfError``;
 it is caught here, once: the last line on stderr is ``error: <one sentence naming the input and the
 fix>`` (an error's ``details``, such as a weight report, come before it) and the exit code comes from
-``cmpf.errors.ExitCode``. ``--debug`` (or ``CMPF_DEBUG=1``) also
-prints the traceback. Nothing heavy is imported until a command runs, and only the command that
-runs is imported at all (``COMMANDS``).
+``cmpf.errors.ExitCode``. A warning is one line too, ``warning: <sentence>``. ``--debug`` (or
+``CMPF_DEBUG=1``) also prints the traceback, and where each warning came from. Nothing heavy is
+imported until a command runs, and only the command that runs is imported at all (``COMMANDS``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from typing import Optional, Sequence
 
 from cmpf import __version__
@@ -100,6 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     debug = args.debug or os.environ.get("CMPF_DEBUG", "") not in ("", "0")
+    formatwarning = warnings.formatwarning
+    if not debug:  # a warning is one line, as an error is; --debug shows where it came from
+        warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -116,3 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(error.details, file=sys.stderr)
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return int(error.exit_code)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return "warning: " + " ".join(str(message).split()) + "\n"

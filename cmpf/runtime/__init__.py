@@ -7,11 +7,13 @@ every graph of an artifact directory for one backend. Only the torch runner impo
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 
 from cmpf.backend import Backend
+from cmpf.cpu import WITHOUT_INT8_UNITS, cpu_info
 from cmpf.errors import require
 from cmpf.manifest import Artifact, ArtifactError, Manifest, parse_precision
 from cmpf.runtime.base import Runner
@@ -108,6 +110,8 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
         return torch_runners(model_from_manifest(manifest, device))
     applied = RUNTIME_PRECISIONS.get(backend, ())
     plan = manifest.runtime_plan(backend.format, precision, runtime=applied)
+    if backend in (Backend.ONNXRUNTIME, Backend.OPENVINO) and "int8" in plan.values():
+        _warn_without_int8_units(device)
     runners = {}
     for graph, p in plan.items():
         if p in applied:  # the backend runs at p itself: a p file where `cmpf quantize` wrote one, else fp32
@@ -116,6 +120,14 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
         else:
             runners[graph] = load_runner(backend, manifest.artifact(graph, backend.format, p), device)
     return runners
+
+
+def _warn_without_int8_units(device: str | torch.device) -> None:
+    """One line when int8 files are about to run on a CPU without int8 dot-product units."""
+    cpu = cpu_info()
+    if torch.device(device).type == "cpu" and cpu.int8_dot_products is False:
+        warnings.warn(f"--precision int8 on {cpu.model}: {WITHOUT_INT8_UNITS} (`cmpf doctor` lists the CPU's units)",
+                      stacklevel=3)
 
 
 __all__ = ["ArtifactError", "Artifact", "Runner", "load_runner", "load_runners"]

@@ -1,6 +1,7 @@
 """The benchmark scripts themselves work (they are run by hand, on a GPU for kernels.py): a smoke run of
 ``benchmarks/kernels.py`` under the Triton interpreter, the Markdown rebuild of ``benchmarks/graphs.py``
-and the exactness of the rewrites ``benchmarks/sam_attention_variants.py`` times. Timings are not asserted (benchmarks are not timed tests); the reported parity is."""
+and the exactness of the rewrites ``benchmarks/sam_attention_variants.py`` times. Timings are not asserted
+(benchmarks are not timed tests); the reported parity is."""
 
 from __future__ import annotations
 

@@ -236,6 +236,34 @@ def test_run_cli_with_precision_and_mixed_plan(int8_dir, fp16_dir, tmp_path):
                  "--out", str(tmp_path / "o2")]) == 2  # no graph has int8 files there
 
 
+def test_int8_on_a_cpu_without_int8_units_warns_once(int8_dir, tmp_path, monkeypatch):
+    """On a CPU without VNNI / AMX, int8 files are no faster and less exact (u8×s8 products saturate): loading
+    them says so, once; the same files on a VNNI CPU, and fp32 files anywhere, load silently."""
+    import warnings
+
+    from cmpf import cpu
+    from cmpf.manifest import Manifest
+    from cmpf.runtime import load_runners
+
+    manifest = Manifest.read(int8_dir)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(cpu, "CPUINFO", cpuinfo)
+
+    def warned(text: str, precision: str | None) -> list[str]:
+        cpuinfo.write_text(text)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            load_runners(manifest, "onnxruntime", precision=precision)
+        return [str(w.message) for w in record if "VNNI" in str(w.message)]
+
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma\n"
+    xeon = epyc.replace("AMD EPYC", "Intel Xeon").replace("avx2", "avx2 avx512f avx512_vnni")
+    [message] = warned(epyc, "decoder=int8")
+    assert message.startswith("--precision int8 on AMD EPYC: no VNNI or AMX") and message.rstrip(")").endswith(
+        "lists the CPU's units") and "run fp32" in message and "\n" not in message
+    assert warned(xeon, "decoder=int8") == [] and warned(epyc, None) == [] and warned("", "int8") == []
+
+
 def _listing(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in directory.iterdir() if p.name == "manifest.json"} | {
         "names": "\n".join(sorted(p.name for p in directory.iterdir())).encode()}
