@@ -5,7 +5,7 @@
 Without VNNI, ONNX Runtime's x86 int8 matmuls multiply u8×s8 pairs with VPMADDUBSW, whose int16 sums
 saturate; VNNI's instructions (and TensorRT) do not. The graph is quantised twice with cmpf's int8
 recipe (``cmpf.precision.qdq``: symmetric, per-channel weights, minmax), once with 8-bit weights and once
-with 7-bit ones (ONNX Runtime's ``reduce_range``, whose products cannot saturate), on seeded normal
+with 7-bit ones (``cmpf quantize --reduce-range``, whose products cannot saturate), on seeded normal
 inputs, and each file runs two ways on ONNX Runtime: with its optimisations (the int8 kernels) and
 without (each Q/DQ pair as written, in fp32). Where the kernels' error exceeds the Q/DQ math's with 8-bit
 weights but not with 7-bit ones, the gap is saturation. Writes ``results/int8_saturation_<tag>.json`` / ``.md``.
@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from cmpf.bench.environment import environment
@@ -34,21 +33,6 @@ def _inputs(session: ort.InferenceSession, rng: np.random.Generator) -> dict[str
     """Seeded normals at the graph's input shapes (symbolic dims: 1)."""
     return {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
             for i in session.get_inputs()}
-
-
-def _quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], reduce_range: bool) -> None:
-    """cmpf's int8 recipe (``qdq.quantize``), here with ONNX Runtime's ``reduce_range`` exposed."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(str(src), load_external_data=False)
-    nodes = qdq.weight_ops(model)
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
-             "CalibStridedMinMax": 1, "QuantizeBias": False}
-    with qdq._calibrating_only(qdq.calibrated_tensors(model, nodes)):
-        quantize_static(str(src), str(dst), qdq.FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(qdq.QUANT_OPS), per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_quantize=nodes, reduce_range=reduce_range,
-                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
 
 
 def _run(path: Path, feed: dict[str, np.ndarray], optimize: bool) -> np.ndarray:
@@ -73,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cmpf-int8-saturation-") as tmp:
         for bits, reduce_range in ((8, False), (7, True)):
             path = Path(tmp) / f"int8_w{bits}.onnx"
-            _quantize(args.fp32, path, feeds, reduce_range)
+            qdq.quantize(args.fp32, path, feeds, reduce_range=reduce_range)  # cmpf's recipe, as `cmpf quantize`
             error = {}
             for way, optimize in (("int8 kernels", True), ("Q/DQ in fp32", False)):
                 out = _run(path, feed, optimize)

@@ -20,7 +20,8 @@ BF16_UNITS = frozenset({"avx512_bf16", "amx_bf16"})
 # measured on 2 cores of an AVX2-only AMD EPYC (benchmarks/results/sam_int8_cpu_epyc-avx2.md, int8_saturation_*)
 WITHOUT_INT8_UNITS = ("no VNNI or AMX: int8 files run hardly faster than fp32 on such CPUs (SAM ViT-B on an AVX2 "
                       "EPYC: ONNX Runtime 1.1x, OpenVINO 0.6x the fp32 speed) and ONNX Runtime's int8 products can "
-                      "saturate (the tiny model's SAM: 4.8x the error of its Q/DQ math; SAM ViT-B: 1.1x); run fp32")
+                      "saturate (the tiny model's SAM: 4.8x the error of its Q/DQ math; SAM ViT-B: 1.1x); run fp32, or "
+                      "int8 files written by `cmpf quantize --reduce-range` (7-bit weights cannot saturate)")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class QuantizeConfig:
     method: str = qdq.DEFAULT_METHOD
     exclude: tuple[str, ...] = ()  # more node names kept out of Q/DQ / kept fp32
     quantize_heads: bool = False  # also quantise the output heads (excluded by default)
+    reduce_range: bool = False  # int8 weights in 7 bits (qdq.quantize): for x86 CPUs without VNNI
     vocabulary: Optional[Vocabulary] = None  # calibration vocabulary (default: the manifest's)
     text: Optional[TextClassifier] = None  # its text classifier where the caller has it (not encoded again)
 
@@ -66,6 +67,7 @@ class QuantizeConfig:
                 ",".join(f"{g}={p}" for g, p in plan.items() if p != "fp32")]
         if any(p in CALIBRATED for p in plan.values()):
             args += ["--calib-images", str(self.calib_images), "--calib-method", self.method]
+            args += ["--reduce-range"] if self.reduce_range else []
         return " ".join(args)
 
 
@@ -145,7 +147,7 @@ def _write(source, dst: Path, precision: str, feeds, cfg: QuantizeConfig, images
         heads = [] if cfg.quantize_heads else qdq.output_heads(onnx.load(str(src), load_external_data=False))
         with tempfile.TemporaryDirectory() as tmp:  # the pre-processed copy and the quantiser's scratch files
             settings = qdq.quantize(_preprocessed(src, Path(tmp)), dst, feeds, precision, cfg.method,
-                                    sorted(set(heads) | set(cfg.exclude)))
+                                    sorted(set(heads) | set(cfg.exclude)), reduce_range=cfg.reduce_range)
         recipe.update(tool=f"onnxruntime.quantization {onnxruntime.__version__}", **settings,
                       calibration={**images.to_json(), "feeds": len(feeds)},
                       qdq=qdq.qdq_facts(onnx.load(str(dst))))

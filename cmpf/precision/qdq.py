@@ -108,8 +108,14 @@ class FeedReader:
 
 
 def quantize(src: Path, dst: Path, feeds: Iterable[Mapping[str, np.ndarray]], precision: str = "int8",
-             method: str = DEFAULT_METHOD, exclude: Sequence[str] = (), external_data: bool = False) -> dict:
-    """Write the Q/DQ graph of ``src`` to ``dst``; returns the settings for the manifest's recipe."""
+             method: str = DEFAULT_METHOD, exclude: Sequence[str] = (), external_data: bool = False,
+             reduce_range: bool = False) -> dict:
+    """Write the Q/DQ graph of ``src`` to ``dst``; returns the settings for the manifest's recipe.
+
+    ``reduce_range``: 7-bit weights (ONNX Runtime's option of that name): on x86 CPUs without VNNI, ONNX
+    Runtime's u8×s8 products sum in saturating int16 and full-range weights can overflow them
+    (``benchmarks/results/int8_saturation_*``); 7-bit ones cannot, at one bit less of weight precision.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     qtype = {"int8": QuantType.QInt8}[precision]
@@ -126,8 +132,10 @@ def quantize(src: Path, dst: Path, feeds: Iterable[Mapping[str, np.ndarray]], pr
         quantize_static(str(src), str(dst), FeedReader(list(feeds)), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANT_OPS), per_channel=True, activation_type=qtype,
                         weight_type=qtype, nodes_to_quantize=nodes, nodes_to_exclude=list(exclude),
-                        calibrate_method=calibrate, use_external_data_format=external_data, extra_options=extra)
-    return {"scheme": "symmetric Q/DQ, zero point 0", "weights": "per-channel", "activations": "per-tensor", "quantized_nodes": len(nodes), "calibration_method": method,
+                        calibrate_method=calibrate, use_external_data_format=external_data, reduce_range=reduce_range,
+                        extra_options=extra)
+    return {"scheme": "symmetric Q/DQ, zero point 0", "weights": "per-channel", "weight_bits": 7 if reduce_range else 8,
+            "activations": "per-tensor", "quantized_nodes": len(nodes), "calibration_method": method,
             "excluded_nodes": sorted(exclude)}
 
 

@@ -15,7 +15,7 @@ import torch
 from cmpf.backend import Backend
 from cmpf.cpu import WITHOUT_INT8_UNITS, cpu_info
 from cmpf.errors import require
-from cmpf.manifest import Artifact, ArtifactError, Manifest, parse_precision
+from cmpf.manifest import Artifact, ArtifactError, Manifest, parse_precision, variant_key
 from cmpf.runtime.base import Runner
 
 
@@ -110,7 +110,7 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
         return torch_runners(model_from_manifest(manifest, device))
     applied = RUNTIME_PRECISIONS.get(backend, ())
     plan = manifest.runtime_plan(backend.format, precision, runtime=applied)
-    if backend in (Backend.ONNXRUNTIME, Backend.OPENVINO) and "int8" in plan.values():
+    if backend in (Backend.ONNXRUNTIME, Backend.OPENVINO) and _full_range_int8(manifest, backend.format, plan):
         _warn_without_int8_units(device)
     runners = {}
     for graph, p in plan.items():
@@ -122,8 +122,14 @@ def load_runners(manifest: Manifest, backend: str | Backend, device: str | torch
     return runners
 
 
+def _full_range_int8(manifest: Manifest, fmt: str, plan: dict[str, str]) -> bool:
+    """Whether the plan runs an int8 file with 8-bit weights (not ``cmpf quantize --reduce-range``'s 7-bit ones)."""
+    files = [manifest.graphs[g].files.get(variant_key(fmt, p)) for g, p in plan.items() if p == "int8"]
+    return any(f is not None and (f.recipe or {}).get("weight_bits", 8) == 8 for f in files)
+
+
 def _warn_without_int8_units(device: str | torch.device) -> None:
-    """One line when int8 files are about to run on a CPU without int8 dot-product units."""
+    """One line when int8 files with 8-bit weights are about to run on a CPU without int8 dot-product units."""
     cpu = cpu_info()
     if torch.device(device).type == "cpu" and cpu.int8_dot_products is False:
         warnings.warn(f"--precision int8 on {cpu.model}: {WITHOUT_INT8_UNITS} (`cmpf doctor` lists the CPU's units)",

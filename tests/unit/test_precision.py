@@ -238,11 +238,11 @@ def test_run_cli_with_precision_and_mixed_plan(int8_dir, fp16_dir, tmp_path):
 
 def test_int8_on_a_cpu_without_int8_units_warns_once(int8_dir, tmp_path, monkeypatch):
     """On a CPU without VNNI / AMX, int8 files are no faster and less exact (u8×s8 products saturate): loading
-    them says so, once; the same files on a VNNI CPU, and fp32 files anywhere, load silently."""
+    them says so, once; the same files on a VNNI CPU, 7-bit-weight files and fp32 files load silently."""
     import warnings
 
     from cmpf import cpu
-    from cmpf.manifest import Manifest
+    from cmpf.manifest import Manifest, variant_key
     from cmpf.runtime import load_runners
 
     manifest = Manifest.read(int8_dir)
@@ -262,6 +262,10 @@ def test_int8_on_a_cpu_without_int8_units_warns_once(int8_dir, tmp_path, monkeyp
     assert message.startswith("--precision int8 on AMD EPYC: no VNNI or AMX") and message.rstrip(")").endswith(
         "lists the CPU's units") and "run fp32" in message and "\n" not in message
     assert warned(xeon, "decoder=int8") == [] and warned(epyc, None) == [] and warned("", "int8") == []
+    files = manifest.graphs["decoder"].files
+    key = variant_key("onnx", "int8")
+    files[key] = dataclasses.replace(files[key], recipe={**files[key].recipe, "weight_bits": 7})
+    assert warned(epyc, "decoder=int8") == []  # `cmpf quantize --reduce-range`: 7-bit weights cannot saturate
 
 
 def _listing(directory: Path) -> dict[str, bytes]:
@@ -328,6 +332,16 @@ def test_calibration_takes_a_given_text_classifier_and_never_runs_the_text_encod
     assert sorted(p.name for p in copy.iterdir()) == before
 
 
+def _tiny_sam_and_feeds(n: int) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """The session's tiny SAM encoder file and ``n`` seeded normal feeds for it."""
+    src = exported.artifact(exported.tiny_export(("onnx",)), "sam_image_encoder", "onnx").path
+    model = onnx.load(str(src))
+    dims = [[d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    rng = np.random.default_rng(0)
+    return src, [{i.name: rng.normal(size=shape).astype(np.float32) for i, shape in zip(model.graph.input, dims)}
+                 for _ in range(n)]
+
+
 def test_calibration_records_only_the_qdq_inputs_and_writes_the_same_graph(tmp_path, monkeypatch):
     """ONNX Runtime's calibrators record every input and output of the quantised op types (attention's
     activation×activation logits too: out of memory on 24 GB for SAM ViT-B at 1024²); cmpf records only the
@@ -338,12 +352,8 @@ def test_calibration_records_only_the_qdq_inputs_and_writes_the_same_graph(tmp_p
 
     from cmpf.precision import qdq
 
-    src = exported.artifact(exported.tiny_export(("onnx",)), "sam_image_encoder", "onnx").path
+    src, feeds = _tiny_sam_and_feeds(2)
     model = onnx.load(str(src))
-    dims = [[d.dim_value or 1 for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
-    rng = np.random.default_rng(0)
-    feeds = [{i.name: rng.normal(size=shape).astype(np.float32) for i, shape in zip(model.graph.input, dims)}
-             for _ in range(2)]
     recorded = []
 
     def watched(restrict):
@@ -377,3 +387,44 @@ def test_calibration_records_only_the_qdq_inputs_and_writes_the_same_graph(tmp_p
     assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
     values = {i.name: onnx.numpy_helper.to_array(i) for i in b.graph.initializer}
     assert all(np.array_equal(onnx.numpy_helper.to_array(i), values[i.name]) for i in a.graph.initializer)
+
+
+def test_reduce_range_weights_fit_7_bits_and_the_int8_kernels_compute_their_qdq_math(tmp_path):
+    """``--reduce-range``: weights in [-64, 63] (8-bit ones use the full [-127, 127]), recorded in the recipe;
+    with them ONNX Runtime's int8 kernels give what the Q/DQ math gives (run in fp32, optimisations off), on any
+    x86 CPU: the products cannot saturate (on an AVX2 CPU 8-bit weights do: benchmarks/int8_saturation.py)."""
+    import onnxruntime as ort
+
+    from cmpf.precision import qdq
+
+    src, feeds = _tiny_sam_and_feeds(3)
+    reference = ort.InferenceSession(str(src)).run(None, feeds[-1])[0]
+
+    def error(path: Path, optimize: bool) -> float:
+        options = ort.SessionOptions()
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        out = ort.InferenceSession(str(path), options).run(None, feeds[-1])[0]
+        return float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+
+    largest = {}
+    for bits, reduce in ((8, False), (7, True)):
+        dst = tmp_path / f"w{bits}.onnx"
+        assert qdq.quantize(src, dst, feeds[:2], reduce_range=reduce)["weight_bits"] == bits
+        weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(dst)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and t.dims]
+        largest[bits] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest == {8: 127, 7: 64}
+    kernels, math = error(tmp_path / "w7.onnx", True), error(tmp_path / "w7.onnx", False)
+    assert 0 < kernels < 1.1 * math, (kernels, math)
+
+
+def test_reduce_range_is_a_quantize_flag_and_part_of_the_recorded_command():
+    from cmpf.cli import build_parser
+    from cmpf.precision.api import QuantizeConfig
+
+    argv = ["quantize", "--artifacts", "a", "--precision", "int8", "--calib-images", "c", "--reduce-range"]
+    assert build_parser(argv).parse_args(argv).reduce_range
+    command = QuantizeConfig("a", "int8", calib_images="c", reduce_range=True).command({"decoder": "int8"})
+    assert command.endswith("--calib-images c --calib-method minmax --reduce-range")
+    assert "--reduce-range" not in QuantizeConfig("a", "int8", calib_images="c").command({"decoder": "int8"})
