@@ -84,5 +84,6 @@ def markdown(report: dict) -> str:
         [[f"{r['weight_bits']}-bit", f"{r['rel_error']['int8 kernels']:.2e}", f"{r['rel_error']['Q/DQ in fp32']:.2e}",
           f"{r['kernels_over_math']:.2f}"] for r in report["rows"]])
 
+
 if __name__ == "__main__":
     main()

@@ -161,5 +161,6 @@ def markdown(report: dict) -> str:
         [[r["case"], r["variant"], r["backend"], r["hint"], f"{r['p50_s']:.3f}", f"{r['min_s']:.3f}",
           f"{r['speedup_vs_official']:.2f}", f"{r['rel_vs_official']:.1e}"] for r in report["rows"]])
 
+
 if __name__ == "__main__":
     main()
