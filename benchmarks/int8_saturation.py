@@ -18,28 +18,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from cmpf.bench.environment import environment
 from cmpf.doctor import cpu_rows
 from cmpf.io import write_json, write_text
 from cmpf.precision import qdq
-from sam_int8_cpu import machine_line, report_markdown
+from sam_int8_cpu import machine_line, onnxruntime_session, report_markdown
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def _inputs(session: ort.InferenceSession, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _inputs(session, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Seeded normals at the graph's input shapes (symbolic dims: 1)."""
     return {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
             for i in session.get_inputs()}
-
-
-def _run(path: Path, feed: dict[str, np.ndarray], optimize: bool) -> np.ndarray:
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
 def main() -> None:
@@ -49,7 +41,7 @@ def main() -> None:
     p.add_argument("--tag", required=True, help="results as int8_saturation_<tag>.* (name the model and the machine)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    session = ort.InferenceSession(str(args.fp32), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(args.fp32)
     feeds = [_inputs(session, rng) for _ in range(args.calib)]
     feed = _inputs(session, rng)
     reference = session.run(None, feed)[0]
@@ -60,7 +52,7 @@ def main() -> None:
             qdq.quantize(args.fp32, path, feeds, reduce_range=reduce_range)  # cmpf's recipe, as `cmpf quantize`
             error = {}
             for way, optimize in (("int8 kernels", True), ("Q/DQ in fp32", False)):
-                out = _run(path, feed, optimize)
+                out = onnxruntime_session(path, optimize).run(None, feed)[0]
                 error[way] = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
             rows.append({"weight_bits": bits, "rel_error": error,
                          "kernels_over_math": error["int8 kernels"] / error["Q/DQ in fp32"]})

@@ -41,14 +41,18 @@ def timed(call, repeats: int) -> tuple[list[float], np.ndarray]:
     return times, out
 
 
-def onnxruntime_call(path: Path, x: np.ndarray, optimize: bool = True):
-    """An ONNX Runtime CPU call; ``optimize=False``: no graph optimisation (Q/DQ pairs run as written, in fp32)."""
+def onnxruntime_session(path: Path, optimize: bool = True):
+    """An ONNX Runtime CPU session; ``optimize=False``: no graph optimisation (Q/DQ pairs run as written, in fp32)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_call(path: Path, x: np.ndarray, optimize: bool = True):
+    session = onnxruntime_session(path, optimize)
     name = session.get_inputs()[0].name
     return lambda: session.run(None, {name: x})[0]
 
